@@ -1,0 +1,128 @@
+"""NAG parameters, their validation, and the presets table (the one source of truth for defaults).
+
+Scale convention: ``scale`` is the code convention s used by the authors' pipelines and most UIs,
+Z~ = s·Z+ − (s−1)·Z-. The paper writes Z~ = Z+ + φ(Z+ − Z-), so φ = s − 1: the paper's φ = 4 is our
+scale = 5. ``scale = 1`` turns NAG off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} is invalid: expected a number")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class NAGConfig:
+    """Validated NAG parameters.
+
+    scale: guidance strength s ≥ 1 (1 = off; paper φ = s − 1).
+    tau: cap τ > 0 on the per-token norm ratio ‖Z~‖₁/‖Z+‖₁ (``math.inf`` = no cap).
+    alpha: blend α ∈ [0, 1] between the guided output (1) and the plain positive one (0).
+    start, end: the window of the denoising schedule, as fractions, where NAG acts (0 ≤ start < end ≤ 1).
+    """
+
+    scale: float = 5.0
+    tau: float = 2.5
+    alpha: float = 0.25
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        values = {f.name: _number(f.name, getattr(self, f.name)) for f in fields(self)}
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        scale, tau, alpha, start, end = (values[k] for k in ("scale", "tau", "alpha", "start", "end"))
+        if not (math.isfinite(scale) and scale >= 1.0):
+            raise ValueError(f"scale={scale} is out of range: allowed is a finite number >= 1 (1 = off)")
+        if not tau > 0.0:  # also rejects NaN; inf means "never clip"
+            raise ValueError(f"tau={tau} is out of range: allowed is tau > 0")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha} is out of range: allowed is 0 <= alpha <= 1")
+        if not 0.0 <= start < 1.0:
+            raise ValueError(f"start={start} is out of range: allowed is 0 <= start < end <= 1")
+        if not (start < end <= 1.0):
+            raise ValueError(f"end={end} is out of range: allowed is start ({start}) < end <= 1")
+
+    @property
+    def active(self) -> bool:
+        """False when NAG cannot change anything (scale 1 or alpha 0)."""
+        return self.scale > 1.0 and self.alpha > 0.0
+
+    def with_overrides(self, **overrides: float | None) -> NAGConfig:
+        """A copy with the given non-None fields replaced (and validated)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Recommended settings for one model, with where they come from."""
+
+    config: NAGConfig
+    steps: int | None
+    guidance_scale: float | None
+    source: str
+
+
+def _preset(scale, tau, alpha, *, end=1.0, steps=None, guidance_scale=None, source) -> Preset:
+    return Preset(NAGConfig(scale=scale, tau=tau, alpha=alpha, end=end), steps, guidance_scale, source)
+
+
+AUTHORS = "NAG authors' recommendations (paper / reference pipelines)"
+GENERIC = "generic default: no published recommendation for this family"
+
+PRESETS: dict[str, Preset] = {
+    "flux-schnell": _preset(5, 2.5, 0.25, steps=4, guidance_scale=0.0, source=AUTHORS),
+    "flux-dev": _preset(5, 2.5, 0.25, steps=25, guidance_scale=3.5, source=AUTHORS),
+    "flux-kontext": _preset(5, 2.5, 0.25, end=0.25, steps=25, guidance_scale=2.5, source=AUTHORS),
+    "sd35-large-turbo": _preset(5, 2.5, 0.125, steps=8, guidance_scale=0.0, source=AUTHORS),
+    "sdxl": _preset(3, 2.5, 0.5, steps=4, guidance_scale=0.0, source=AUTHORS + " (DMD2 / Lightning)"),
+    "sd15": _preset(5, 2.5, 0.38, source=AUTHORS),
+    "wan21": _preset(9, 2.5, 0.25, steps=25, guidance_scale=5.0, source=AUTHORS),
+    "wan-4step": _preset(11, 3.5, 0.5, steps=4, guidance_scale=1.0, source=AUTHORS + " (4-step Wan)"),
+    "hunyuan-video": _preset(9, 2.5, 0.12, source=AUTHORS),
+    "chroma": _preset(5, 2.5, 0.25, guidance_scale=4.0, source=AUTHORS),
+    "ltx2": _preset(11, 2.5, 0.25, source="community LTX-2 NAG node (KJNodes)"),
+    "generic": _preset(5, 2.5, 0.25, source=GENERIC),
+}
+"""Named presets. Keys are what ``--preset`` / ``preset=`` accept."""
+
+FAMILY_PRESETS: dict[str, str] = {
+    "sd": "sd15",
+    "sdxl": "sdxl",
+    "pixart": "generic",
+    "sana": "generic",
+    "wan": "wan21",
+    "ltx": "generic",
+    "ltx2": "ltx2",
+    "sd3": "sd35-large-turbo",
+    "flux": "flux-schnell",
+    "flux-kontext": "flux-kontext",
+    "chroma": "chroma",
+    "hunyuan-video": "hunyuan-video",
+    "qwen-image": "generic",
+    "flux2": "generic",
+    "z-image": "generic",
+}
+"""Which preset a detected architecture family gets when the user gives no parameters."""
+
+
+def preset_for_family(family: str) -> Preset:
+    """The default preset of an architecture family (``generic`` for families without one)."""
+    return PRESETS[FAMILY_PRESETS.get(family, "generic")]
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
