@@ -1,0 +1,65 @@
+import math
+
+import pytest
+
+from nag_guidance.config import FAMILY_PRESETS, PRESETS, NAGConfig, get_preset, preset_for_family
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("scale", 0.99, ">= 1"),
+        ("scale", math.inf, ">= 1"),
+        ("scale", math.nan, ">= 1"),
+        ("tau", 0.0, "tau > 0"),
+        ("tau", -1.0, "tau > 0"),
+        ("alpha", -0.1, "0 <= alpha <= 1"),
+        ("alpha", 1.01, "0 <= alpha <= 1"),
+        ("start", -0.1, "0 <= start < end <= 1"),
+        ("start", 1.0, "0 <= start < end <= 1"),
+        ("end", 1.5, "< end <= 1"),
+    ],
+)
+def test_each_violation_names_parameter_value_and_range(field, value, allowed):
+    with pytest.raises(ValueError) as info:
+        NAGConfig(**{field: value})
+    message = str(info.value)
+    assert message.startswith(f"{field}={value}")
+    assert allowed in message
+
+
+def test_start_must_precede_end():
+    with pytest.raises(ValueError, match=r"end=0.5 .* start \(0.5\) < end"):
+        NAGConfig(start=0.5, end=0.5)
+
+
+@pytest.mark.parametrize("value", ["5", None, True])
+def test_non_numbers_rejected(value):
+    with pytest.raises(ValueError, match="expected a number"):
+        NAGConfig(scale=value)
+
+
+def test_defaults_and_activity():
+    assert NAGConfig().active
+    assert not NAGConfig(scale=1).active
+    assert not NAGConfig(alpha=0).active
+    assert NAGConfig(tau=math.inf).tau == math.inf  # no cap is allowed
+
+
+def test_with_overrides_validates_and_ignores_none():
+    base = NAGConfig(scale=3)
+    assert base.with_overrides(scale=None, alpha=0.5) == NAGConfig(scale=3, alpha=0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        base.with_overrides(alpha=2)
+
+
+def test_presets_table_is_consistent():
+    assert set(FAMILY_PRESETS.values()) <= set(PRESETS)
+    flux = get_preset("flux-schnell")
+    assert (flux.config.scale, flux.config.tau, flux.config.alpha, flux.steps) == (5, 2.5, 0.25, 4)
+    wan4 = get_preset("wan-4step")
+    assert (wan4.config.scale, wan4.config.tau, wan4.config.alpha) == (11, 3.5, 0.5)
+    assert preset_for_family("sdxl") is PRESETS["sdxl"]
+    assert preset_for_family("some-new-family") is PRESETS["generic"]
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        get_preset("nope")
