@@ -1,17 +1,31 @@
-"""Normalized Attention Guidance (NAG) for stock Hugging Face diffusers pipelines."""
+"""Normalized Attention Guidance (NAG) for stock Hugging Face diffusers pipelines.
+
+>>> import nag_guidance as nag
+>>> nag.apply(pipe)
+>>> image = pipe(prompt, nag_negative_prompt="glasses", nag_scale=5).images[0]
+>>> print(pipe.nag_report)
+>>> nag.remove(pipe)
+"""
 
 from nag_guidance.config import PRESETS, NAGConfig, Preset, get_preset, preset_for_family
 from nag_guidance.functional import normalized_attention_guidance, normalized_attention_guidance_
+from nag_guidance.integration import NAGReport, applied, apply, is_applied, remove, supported_pipelines
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
     "NAGConfig",
+    "NAGReport",
     "Preset",
     "__version__",
+    "applied",
+    "apply",
     "get_preset",
+    "is_applied",
     "normalized_attention_guidance",
     "normalized_attention_guidance_",
     "preset_for_family",
+    "remove",
+    "supported_pipelines",
 ]

@@ -1,0 +1,37 @@
+"""SD 1.x/2.x and SDXL: a ``UNet2DConditionModel`` whose ``attn2`` layers attend to the CLIP text.
+
+The pooled text and time ids of SDXL feed the UNet's added embeddings, not attention; they stay the prompt's.
+"""
+
+from nag_guidance.integration import cross_attention
+from nag_guidance.integration.registry import Family, register
+
+SD = register(
+    Family(
+        name="sd",
+        pipelines=(
+            "StableDiffusionPipeline",
+            "StableDiffusionImg2ImgPipeline",
+            "StableDiffusionInpaintPipeline",
+        ),
+        install=cross_attention.install,
+        preset="sd15",
+        encode_returns=("embeds", "uncond"),
+        denoisers=("unet",),
+    )
+)
+
+SDXL = register(
+    Family(
+        name="sdxl",
+        pipelines=(
+            "StableDiffusionXLPipeline",
+            "StableDiffusionXLImg2ImgPipeline",
+            "StableDiffusionXLInpaintPipeline",
+        ),
+        install=cross_attention.install,
+        preset="sdxl",
+        encode_returns=("embeds", "uncond", "pooled", "uncond_pooled"),
+        denoisers=("unet",),
+    )
+)

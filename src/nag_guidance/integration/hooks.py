@@ -1,0 +1,190 @@
+"""Small reversible hooks shared by the NAG mechanisms.
+
+Everything here is installed so that it can be undone exactly (the undo restores the very objects that were
+there) and composes with other hooks on the same modules: torch's own module hooks (accelerate's offload hooks
+and peft's LoRA layers keep working), temporary ``forward`` overrides that put back whatever was there before,
+and processor wrappers that keep the wrapped processor reachable and its signature visible.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from nag_guidance.integration.state import NAGState
+
+_MISSING = object()
+
+
+@contextmanager
+def routed_forward(module: torch.nn.Module, make: Callable[[torch.nn.Module, Callable], Callable]) -> Iterator[None]:
+    """Temporarily route ``module``'s forward through ``make(module, original_forward)``.
+
+    The module is looked up by the caller at call time, so a layer that peft or accelerate replaced or wrapped
+    after ``nag.apply`` is routed as it is now. Whatever instance-level ``forward`` was there is put back.
+    """
+    saved = module.__dict__.get("forward", _MISSING)
+    module.forward = make(module, module.forward)
+    try:
+        yield
+    finally:
+        if saved is _MISSING:
+            del module.forward
+        else:
+            module.forward = saved
+
+
+def bind_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+    """Bind a module call's arguments to the names of its class's ``forward``."""
+    return inspect.signature(type(module).forward).bind(module, *args, **kwargs)
+
+
+def unbind(bound: inspect.BoundArguments) -> tuple[tuple, dict]:
+    """(args, kwargs) of a bound forward call, without the module itself."""
+    return bound.args[1:], bound.kwargs
+
+
+def add_denoiser_hooks(
+    module: torch.nn.Module, pre: Callable[[torch.nn.Module, tuple, dict], Any], state: NAGState
+) -> Callable[[], None]:
+    """A kwargs-aware forward pre-hook, plus a post-hook that always clears the forward plan (even on error)."""
+
+    def clear(_module: torch.nn.Module, _args: tuple, _output: Any) -> None:
+        state.forward = None
+
+    handles = [
+        module.register_forward_pre_hook(pre, with_kwargs=True),
+        module.register_forward_hook(clear, always_call=True),
+    ]
+
+    def undo() -> None:
+        for handle in handles:
+            handle.remove()
+
+    return undo
+
+
+def track_cache_context(model: torch.nn.Module, state: NAGState) -> Callable[[], None]:
+    """Record the name the pipeline gives ``model.cache_context(name)`` ("cond", "uncond", ...).
+
+    diffusers announces which branch a denoiser call computes through this context manager; wrapping the
+    instance's method (rather than a HookRegistry hook, whose removal rewrites ``forward`` and would drop
+    offload hooks added later) keeps the undo exact.
+    """
+    if not hasattr(model, "cache_context"):
+        return lambda: None
+    saved = model.__dict__.get("cache_context", _MISSING)
+    original = model.cache_context
+
+    @contextmanager
+    def cache_context(name: str, *args: Any, **kwargs: Any) -> Iterator[None]:
+        call = state.call
+        previous = call.context if call is not None else None
+        if call is not None:
+            call.context = name
+        try:
+            with original(name, *args, **kwargs):
+                yield
+        finally:
+            if call is not None:
+                call.context = previous
+
+    model.cache_context = cache_context
+
+    def undo() -> None:
+        if saved is _MISSING:
+            del model.cache_context
+        else:
+            model.cache_context = saved
+
+    return undo
+
+
+def set_processor(attn: torch.nn.Module, processor: Any) -> None:
+    if hasattr(attn, "set_processor"):
+        attn.set_processor(processor)
+    else:
+        attn.processor = processor
+
+
+class ProcessorWrapper:
+    """Base for processors that wrap a diffusers attention processor.
+
+    ``Attention.forward`` drops every keyword its processor's ``__call__`` does not declare, so subclasses are
+    specialised per wrapped class (``wrapper_for``) with ``__call__`` advertising the wrapped signature.
+    Attributes the wrapper does not own (``_attention_backend``, ``_parallel_config``...) are read from and
+    written to the wrapped processor, so ``set_attention_backend`` keeps working.
+    """
+
+    _own = frozenset({"processor", "state", "layer", "signature"})
+
+    def __init__(self, processor: Any, state: NAGState, layer: str) -> None:
+        object.__setattr__(self, "processor", processor)
+        object.__setattr__(self, "state", state)
+        object.__setattr__(self, "layer", layer)
+        object.__setattr__(self, "signature", inspect.signature(processor.__call__))
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ProcessorWrapper._own:
+            raise AttributeError(name)
+        return getattr(self.processor, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._own:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.processor, name, value)
+
+    def run(self, attn: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+_WRAPPER_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def wrapper_for(base: type[ProcessorWrapper], processor: Any, state: NAGState, layer: str) -> ProcessorWrapper:
+    """An instance of ``base`` wrapping ``processor``, whose ``__call__`` shows the processor's signature."""
+    key = (base, type(processor))
+    cls = _WRAPPER_CLASSES.get(key)
+    if cls is None:
+        wrapped = inspect.signature(type(processor).__call__)
+
+        def __call__(self: ProcessorWrapper, *args: Any, **kwargs: Any) -> Any:
+            return self.run(*args, **kwargs)
+
+        __call__.__signature__ = wrapped
+        cls = type(f"NAG{type(processor).__name__}", (base,), {"__call__": __call__})
+        _WRAPPER_CLASSES[key] = cls
+    return cls(processor, state, layer)
+
+
+def wrap_processors(
+    model: torch.nn.Module, names: tuple[str, ...], base: type[ProcessorWrapper], state: NAGState, prefix: str
+) -> tuple[list[str], Callable[[], None]]:
+    """Wrap the processor of every attention module whose last name component is in ``names``.
+
+    Returns the wrapped layer names and the undo, which puts the original processor objects back.
+    """
+    originals: list[tuple[torch.nn.Module, Any]] = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in names and hasattr(module, "processor"):
+            originals.append((module, module.processor))
+
+    def undo() -> None:
+        for module, processor in originals:
+            set_processor(module, processor)
+
+    wrapped = []
+    try:
+        for name, module in model.named_modules():
+            if name.rsplit(".", 1)[-1] in names and hasattr(module, "processor"):
+                set_processor(module, wrapper_for(base, module.processor, state, f"{prefix}.{name}"))
+                wrapped.append(f"{prefix}.{name}")
+    except Exception:
+        undo()
+        raise
+    return wrapped, undo

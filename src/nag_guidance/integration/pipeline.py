@@ -1,0 +1,252 @@
+"""``nag.apply`` / ``nag.remove``: NAG on a stock diffusers pipeline instance, and exactly undone.
+
+``apply`` (i) gives the instance a subclass of its own class, with the same name, whose ``__call__`` accepts
+the ``nag_*`` arguments and whose ``encode_prompt`` also encodes the NAG negative with exactly the options the
+pipeline used for the prompt; (ii) lets the family's mechanism hook the denoiser(s). ``remove`` puts the class
+back and runs the mechanism's undo actions, which restore the original processor objects and hook handles.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nag_guidance.config import NAGConfig, get_preset
+from nag_guidance.integration.registry import Family, Undo, detect
+from nag_guidance.integration.report import inactive_report, report_from_call
+from nag_guidance.integration.state import NAGState, NegativeText
+
+NAG_CALL_ARGUMENTS = (
+    "nag_negative_prompt",
+    "nag_negative_prompt_embeds",
+    "nag_negative_prompt_attention_mask",
+    "nag_scale",
+    "nag_tau",
+    "nag_alpha",
+    "nag_start",
+    "nag_end",
+)
+"""The keyword arguments an applied pipeline's ``__call__`` accepts in addition to the stock ones."""
+
+_IMAGES_PER_PROMPT = ("num_images_per_prompt", "num_videos_per_prompt")
+
+
+@dataclass
+class Session:
+    """What ``apply`` installed on one pipeline."""
+
+    family: Family
+    state: NAGState
+    defaults: NAGConfig
+    base_class: type
+    undo: list[Undo]
+    encoding_negative: bool = False
+
+
+def apply(pipe: Any, preset: str | None = None, **defaults: float) -> Any:
+    """Enable NAG on a diffusers pipeline in place and return it.
+
+    The family is detected from the pipeline class. ``preset`` names a row of the presets table (default: the
+    family's own); ``defaults`` (scale, tau, alpha, start, end) override it for every call, and the call's
+    ``nag_*`` arguments override both. Applying twice only updates the defaults. An unsupported pipeline raises
+    ``NotImplementedError`` and invalid parameters ``ValueError``, leaving the pipeline untouched.
+    """
+    family = detect(pipe)
+    config = get_preset(preset or family.preset).config.with_overrides(**_known_fields(defaults))
+    session: Session | None = getattr(pipe, "_nag_session", None)
+    if session is not None:
+        session.defaults = config
+        return pipe
+    state = NAGState(family.name)
+    undo = family.install(pipe, family, state)
+    base = type(pipe)
+    pipe.__class__ = _applied_class(base)
+    pipe._nag_session = Session(family, state, config, base, undo)
+    pipe.nag_report = None
+    return pipe
+
+
+def remove(pipe: Any) -> Any:
+    """Undo ``apply``: the pipeline's class, processors and hooks are the original objects again. No-op if not
+    applied."""
+    session: Session | None = pipe.__dict__.get("_nag_session")
+    if session is None:
+        return pipe
+    pipe.__class__ = session.base_class
+    for action in reversed(session.undo):
+        action()
+    del pipe._nag_session
+    pipe.__dict__.pop("nag_report", None)
+    return pipe
+
+
+@contextmanager
+def applied(pipe: Any, preset: str | None = None, **defaults: float) -> Iterator[Any]:
+    """``with nag.applied(pipe): ...`` — NAG inside the block, the stock pipeline after it (unless NAG was
+    already applied before the block, in which case it stays)."""
+    already = "_nag_session" in pipe.__dict__
+    apply(pipe, preset, **defaults)
+    try:
+        yield pipe
+    finally:
+        if not already:
+            remove(pipe)
+
+
+def is_applied(pipe: Any) -> bool:
+    return "_nag_session" in getattr(pipe, "__dict__", {})
+
+
+def _known_fields(values: dict[str, Any]) -> dict[str, Any]:
+    allowed = {"scale", "tau", "alpha", "start", "end"}
+    unknown = set(values) - allowed
+    if unknown:
+        raise TypeError(f"unknown NAG parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return values
+
+
+_APPLIED_CLASSES: dict[type, type] = {}
+
+
+def _applied_class(base: type) -> type:
+    """``base`` with the NAG call wrapper mixed in, under the same name (so ``save_pretrained`` writes the
+    original class name)."""
+    cls = _APPLIED_CLASSES.get(base)
+    if cls is None:
+        cls = type(base.__name__, (_NAGPipelineMixin, base), {"__module__": base.__module__})
+        cls.__qualname__ = base.__qualname__
+        _APPLIED_CLASSES[base] = cls
+    return cls
+
+
+class _NAGPipelineMixin:
+    """The call wrapper; reaches the stock pipeline methods through ``super()``."""
+
+    def __call__(
+        self,
+        *args: Any,
+        nag_negative_prompt: str | Sequence[str] | None = None,
+        nag_negative_prompt_embeds: torch.Tensor | None = None,
+        nag_negative_prompt_attention_mask: torch.Tensor | None = None,
+        nag_scale: float | None = None,
+        nag_tau: float | None = None,
+        nag_alpha: float | None = None,
+        nag_start: float | None = None,
+        nag_end: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        session: Session = self._nag_session
+        config = session.defaults.with_overrides(
+            scale=nag_scale, tau=nag_tau, alpha=nag_alpha, start=nag_start, end=nag_end
+        )
+        negative = _check_negative(nag_negative_prompt, nag_negative_prompt_embeds, nag_negative_prompt_attention_mask)
+        family = session.family.name
+        if negative is None:
+            self.nag_report = inactive_report(family, config, "no NAG negative given: ran the stock pipeline")
+            return super().__call__(*args, **kwargs)
+        if not config.active:
+            reason = "scale is 1" if config.scale == 1.0 else "alpha is 0"
+            self.nag_report = inactive_report(family, config, f"{reason}: ran the stock pipeline")
+            return super().__call__(*args, **kwargs)
+        _check_batch(super().__call__, args, kwargs, negative)
+        state = session.state
+        state.begin_call(config, negative if isinstance(negative, NegativeText) else None)
+        state.call.scratch["negative_prompt"] = negative
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            call = state.end_call()
+            self.nag_report = report_from_call(family, call)
+
+    def encode_prompt(self, *args: Any, **kwargs: Any) -> Any:
+        encoded = super().encode_prompt(*args, **kwargs)
+        session: Session = self._nag_session
+        call = session.state.call
+        if call is None or session.encoding_negative:
+            return encoded
+        values = _named(session.family, encoded)
+        if call.cond_embeds is None:
+            call.cond_embeds = values.get("embeds")
+            call.uncond_embeds = values.get("uncond")
+        elif call.uncond_embeds is None:
+            # a second encode_prompt call encodes the pipeline's own negative (Flux/Qwen true CFG)
+            call.uncond_embeds = values.get("embeds")
+        if call.negative is None:
+            session.encoding_negative = True
+            try:
+                call.negative = self._nag_encode(super().encode_prompt, args, kwargs)
+            finally:
+                session.encoding_negative = False
+        return encoded
+
+    def _nag_encode(self, encode: Any, args: tuple, kwargs: dict) -> NegativeText:
+        """Encode the NAG negative with the same options (device, lengths, clip skip, LoRA scale...) that the
+        pipeline just used for the prompt, without CFG and with one image per prompt."""
+        session: Session = self._nag_session
+        prompts = session.state.call.scratch["negative_prompt"]
+        signature = inspect.signature(encode)
+        bound = signature.bind(*args, **kwargs)
+        call_args = dict(bound.arguments)
+        for name in signature.parameters:
+            if name == "prompt":
+                call_args[name] = list(prompts)
+            elif name == "do_classifier_free_guidance":
+                call_args[name] = False
+            elif name in _IMAGES_PER_PROMPT:
+                call_args[name] = 1
+            elif name.startswith(("negative_", "prompt_")) or name.endswith(("_embeds", "_mask")):
+                call_args[name] = None
+        values = _named(session.family, encode(**call_args))
+        return NegativeText(values["embeds"], values.get("mask"))
+
+
+def _named(family: Family, encoded: Any) -> dict[str, Any]:
+    values = encoded if isinstance(encoded, tuple) else (encoded,)
+    return dict(zip(family.encode_returns, values, strict=False))
+
+
+def _check_negative(
+    prompt: str | Sequence[str] | None, embeds: torch.Tensor | None, mask: torch.Tensor | None
+) -> tuple[str, ...] | NegativeText | None:
+    """Validate the NAG negative before any compute: prompt text(s), or embeddings (+ mask)."""
+    if prompt is not None and embeds is not None:
+        raise ValueError("give either nag_negative_prompt or nag_negative_prompt_embeds, not both")
+    if mask is not None and embeds is None:
+        raise ValueError("nag_negative_prompt_attention_mask needs nag_negative_prompt_embeds")
+    if prompt is not None:
+        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"nag_negative_prompt must be a string or a non-empty list of strings, got {prompt!r}")
+        return prompts
+    if embeds is None:
+        return None
+    if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
+        raise ValueError(
+            "nag_negative_prompt_embeds must be a tensor of shape (batch, tokens, channels), got "
+            f"{getattr(embeds, 'shape', type(embeds).__name__)}"
+        )
+    if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(embeds.shape[:2])):
+        raise ValueError(
+            f"nag_negative_prompt_attention_mask must have shape {tuple(embeds.shape[:2])}, "
+            f"got {getattr(mask, 'shape', type(mask).__name__)}"
+        )
+    return NegativeText(embeds, mask)
+
+
+def _check_batch(call: Any, args: tuple, kwargs: dict, negative: tuple[str, ...] | NegativeText) -> None:
+    """One negative for all prompts, or one per prompt: checked against ``prompt`` before any compute."""
+    count = len(negative) if isinstance(negative, tuple) else negative.embeds.shape[0]
+    if count == 1:
+        return
+    try:
+        prompt = inspect.signature(call).bind_partial(*args, **kwargs).arguments.get("prompt")
+    except TypeError:
+        return  # the stock call will report its own argument error
+    prompts = 1 if isinstance(prompt, str) else len(prompt) if isinstance(prompt, (list, tuple)) else None
+    if prompts is not None and count != prompts:
+        raise ValueError(f"got {count} NAG negatives for {prompts} prompt(s): give one, or one per prompt")

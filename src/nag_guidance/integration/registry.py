@@ -1,0 +1,78 @@
+"""The families NAG supports, and how a pipeline is matched to one.
+
+Each architecture family is described once, in its own small module, by a ``Family``: which pipeline classes
+it covers, where its denoisers live, how its ``encode_prompt`` answers, and which mechanism installs NAG. The
+modules register themselves here on import; ``detect`` finds the family of a pipeline instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nag_guidance.integration.state import NAGState
+
+Undo = Callable[[], None]
+Installer = Callable[[Any, "Family", "NAGState"], list[Undo]]
+"""Installs NAG on a pipeline and returns the undo actions, in installation order."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """What NAG needs to know about one architecture family.
+
+    ``encode_returns`` names the elements of the tuple ``encode_prompt`` returns: "embeds"/"mask" (the prompt),
+    "uncond"/"uncond_mask" (the pipeline's CFG negative), anything else is ignored. ``attention`` is the last
+    component of the module names of the text-attention layers (e.g. "attn2"). ``extra`` holds
+    mechanism-specific settings.
+    """
+
+    name: str
+    pipelines: tuple[str, ...]
+    install: Installer
+    preset: str
+    encode_returns: tuple[str, ...]
+    denoisers: tuple[str, ...] = ("transformer",)
+    text_arg: str = "encoder_hidden_states"
+    mask_arg: str | None = "encoder_attention_mask"
+    timestep_arg: str = "timestep"
+    attention: tuple[str, ...] = ("attn2",)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    if family.name in _FAMILIES:
+        raise ValueError(f"family {family.name!r} is registered twice")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> dict[str, Family]:
+    """All registered families by name (importing the family modules registers them)."""
+    import nag_guidance.integration.families  # noqa: F401
+
+    return dict(_FAMILIES)
+
+
+def supported_pipelines() -> dict[str, tuple[str, ...]]:
+    """Family name -> the diffusers pipeline classes it covers."""
+    return {name: family.pipelines for name, family in families().items()}
+
+
+def detect(pipe: Any) -> Family:
+    """The family of a pipeline instance, matched on its class and base classes (so subclasses work).
+
+    Raises ``NotImplementedError`` naming the class and listing what is supported.
+    """
+    known = families()
+    for cls in type(pipe).__mro__:
+        for family in known.values():
+            if cls.__name__ in family.pipelines:
+                return family
+    listing = "; ".join(f"{name}: {', '.join(pipes)}" for name, pipes in supported_pipelines().items())
+    raise NotImplementedError(f"NAG does not support {type(pipe).__name__}. Supported pipelines by family — {listing}")

@@ -1,0 +1,220 @@
+"""Per-pipeline NAG state shared by the call wrapper, the denoiser hooks and the attention wrappers.
+
+One ``NAGState`` lives as long as ``nag.apply``. A pipeline call fills ``call`` (``begin_call``) and always
+empties it again (``end_call``, in a ``finally``), so a failed call leaves nothing behind and the next plain
+call runs exactly the stock computation: every hook is inert while ``call`` is None.
+
+Per denoiser forward the denoiser hook calls ``plan_forward``: it decides whether this forward is guided and
+which batch rows are the conditional ones, and leaves the answer in ``forward`` (None = run as stock) for the
+attention wrappers to read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nag_guidance.config import NAGConfig
+from nag_guidance.functional import normalized_attention_guidance
+
+GUIDED_CONTEXTS = (None, "cond", "cond_uncond")
+"""diffusers ``cache_context`` names of denoiser calls that carry the prompt. Any other name ("uncond", and
+extra passes such as LTX-2's "uncond_stg" / "uncond_modality") is never guided."""
+
+
+@dataclass
+class NegativeText:
+    """The encoded NAG negative as the denoiser will see it.
+
+    ``embeds``: (n, L, D) with n = 1 or the number of prompts; ``mask``: (n, L) with 1 = real token, or None;
+    ``extras``: family-specific tensors (e.g. a pooled embedding) keyed by name.
+    """
+
+    embeds: torch.Tensor
+    mask: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def rows(self, count: int, *, device: torch.device, dtype: torch.dtype) -> NegativeText:
+        """The negative repeated to ``count`` rows, on ``device``/``dtype`` (masks keep their dtype).
+
+        n = 1 broadcasts; n = number of prompts is repeated per image, matching diffusers' row order
+        [p0, p0, p1, p1] for ``num_images_per_prompt = 2``.
+        """
+        n = self.embeds.shape[0]
+        if count % n:
+            raise ValueError(f"the NAG negative has {n} rows, which does not divide the {count} prompt rows")
+
+        def expand(t: torch.Tensor | None, cast: bool) -> torch.Tensor | None:
+            if t is None:
+                return None
+            t = t.to(device=device, dtype=dtype if cast and t.is_floating_point() else t.dtype)
+            return t.repeat_interleave(count // n, dim=0) if count != n else t
+
+        return NegativeText(
+            expand(self.embeds, True),
+            expand(self.mask, False),
+            {k: expand(v, True) for k, v in self.extras.items()},
+        )
+
+
+@dataclass
+class ForwardPlan:
+    """How the current denoiser forward is guided.
+
+    ``rows``: the conditional batch rows; ``text_length`` / ``negative_length``: token counts of the prompt's and
+    the negative's text as they entered the denoiser (the negative follows the prompt on the sequence axis).
+    """
+
+    rows: slice
+    batch: int
+    text_length: int = 0
+    negative_length: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def all_rows(self) -> bool:
+        return self.rows.start == 0 and self.rows.stop == self.batch
+
+
+@dataclass
+class CallInfo:
+    """What one NAG-enabled pipeline call knows; dropped at the end of the call."""
+
+    config: NAGConfig
+    negative: NegativeText | None = None
+    num_steps: int | None = None
+    step_index: int = -1
+    last_timestep: float | None = None
+    cond_embeds: Any = None  # the prompt embeddings the pipeline encoded (captured from encode_prompt)
+    uncond_embeds: Any = None  # the pipeline's own CFG negative embeddings (captured), if any
+    context: str | None = None  # diffusers cache_context name of the current denoiser call
+    negative_cache: dict = field(default_factory=dict)
+    ratio_sum: torch.Tensor | None = None
+    clipped: torch.Tensor | None = None
+    tokens: int = 0
+    layers: set = field(default_factory=set)
+    guided_timesteps: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    scratch: dict = field(default_factory=dict)  # family-specific per-call values
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+class NAGState:
+    """Mutable state of one applied pipeline (see the module docstring)."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.call: CallInfo | None = None
+        self.forward: ForwardPlan | None = None
+
+    # -- call lifetime -------------------------------------------------------------------------
+
+    def begin_call(self, config: NAGConfig, negative: NegativeText | None) -> None:
+        self.call = CallInfo(config=config, negative=negative)
+        self.forward = None
+
+    def end_call(self) -> CallInfo | None:
+        call, self.call, self.forward = self.call, None, None
+        return call
+
+    # -- per denoiser forward ------------------------------------------------------------------
+
+    def _advance_step(self, timestep: Any) -> None:
+        """Count denoising steps: a step starts whenever the denoiser's timestep changes.
+
+        Reading the value costs a host sync, so it is only done when the step window is partial; with the
+        full window every forward is in it and the steps are counted from the kept timesteps at the end.
+        """
+        call = self.call
+        config = call.config
+        if config.start == 0.0 and config.end == 1.0:
+            return
+        value = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        if value != call.last_timestep:
+            call.step_index += 1
+            call.last_timestep = value
+
+    def in_window(self) -> bool:
+        call = self.call
+        config = call.config
+        if config.start == 0.0 and config.end == 1.0:
+            return True
+        if not call.num_steps:
+            call.note("the number of denoising steps is unknown: the start/end window was not applied")
+            return True
+        fraction = call.step_index / call.num_steps
+        return config.start <= fraction < config.end
+
+    def plan_forward(self, batch: int, text: Any, timestep: Any) -> ForwardPlan | None:
+        """Which rows of this denoiser forward to guide (None: run it exactly as stock).
+
+        Rules, in order: outside a NAG call or the step window -> none; a ``cache_context`` other than
+        "cond"/"cond_uncond" -> none. Batch 2N with N prompt rows -> rows N..2N (diffusers' [uncond, cond] CFG
+        batch). Batch N -> one branch of a pipeline that calls the denoiser once per branch: guided unless the
+        text input is the pipeline's own CFG negative (by identity, then by value). Any other layout -> none,
+        with a note in the report.
+        """
+        self.forward = None
+        call = self.call
+        if call is None or call.negative is None:
+            return None
+        self._advance_step(timestep)
+        if not self.in_window():
+            return None
+        if call.context not in GUIDED_CONTEXTS:
+            return None
+        cond = call.cond_embeds.shape[0] if isinstance(call.cond_embeds, torch.Tensor) else None
+        if cond is not None and batch == 2 * cond and call.context != "cond":
+            rows = slice(cond, batch)
+        elif cond is None or batch == cond:
+            if call.context is None and self._is_uncond(text):
+                return None
+            rows = slice(0, batch)
+        else:
+            call.note(f"denoiser batch {batch} does not fit {cond} prompt rows: that forward was left unguided")
+            return None
+        call.guided_timesteps.append(timestep)
+        self.forward = ForwardPlan(rows=rows, batch=batch)
+        return self.forward
+
+    def _is_uncond(self, text: Any) -> bool:
+        call = self.call
+        uncond, cond = call.uncond_embeds, call.cond_embeds
+        if not isinstance(text, torch.Tensor) or not isinstance(uncond, torch.Tensor):
+            return False
+        if text is uncond:
+            return True
+        if text is cond or text.shape != uncond.shape:
+            return False
+        same_as_uncond = torch.equal(text, uncond.to(text.device, text.dtype))
+        same_as_cond = isinstance(cond, torch.Tensor) and torch.equal(text, cond.to(text.device, text.dtype))
+        return same_as_uncond and not same_as_cond
+
+    def negative_rows(self, count: int, *, device: torch.device, dtype: torch.dtype) -> NegativeText:
+        """The negative expanded to ``count`` rows; cached for the call (the same every step)."""
+        key = (count, device, dtype)
+        cache = self.call.negative_cache
+        if key not in cache:
+            cache[key] = self.call.negative.rows(count, device=device, dtype=dtype)
+        return cache[key]
+
+    # -- guidance ------------------------------------------------------------------------------
+
+    def guide(self, layer: str, z_pos: torch.Tensor, z_neg: torch.Tensor) -> torch.Tensor:
+        """NAG on the conditional rows' attention output; records the ratios for the report."""
+        config = self.call.config
+        guided, ratio = normalized_attention_guidance(
+            z_pos, z_neg, config.scale, config.tau, config.alpha, return_ratio=True
+        )
+        call = self.call
+        ratio_sum, clipped = ratio.sum(), (ratio > config.tau).sum()
+        call.ratio_sum = ratio_sum if call.ratio_sum is None else call.ratio_sum + ratio_sum
+        call.clipped = clipped if call.clipped is None else call.clipped + clipped
+        call.tokens += ratio.numel()
+        call.layers.add(layer)
+        return guided

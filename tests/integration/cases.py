@@ -1,0 +1,172 @@
+"""The tiny pipelines of the cross-attention families, with what the tests need to know about each.
+
+What a ``Case`` says about a family (how its negative is encoded for the denoiser, how its CFG branches are
+laid out) is written here independently of the package, so that the tests check the package against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tests.integration import factories_image as fi
+from tests.integration import factories_video as fv
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    make: Callable[[], Any]
+    call_kwargs: Callable[..., dict]
+    family: str
+    encode_negative: Callable[[Any, list[str]], tuple[torch.Tensor, torch.Tensor | None]]
+    denoisers: tuple[str, ...] = ("transformer",)
+    text_arg: str = "encoder_hidden_states"
+    mask_arg: str | None = "encoder_attention_mask"
+    cfg: str = "batched"  # "batched": one [uncond, cond] forward; "separate": cond, then uncond forward
+    per_prompt: str = "num_images_per_prompt"
+    images_per_prompt: int = 2  # what the batch test asks for
+    inputs: dict = field(default_factory=dict)  # extra call inputs (e.g. the I2V image)
+
+    def kwargs(self, **overrides) -> dict:
+        return {**self.inputs, **self.call_kwargs(**overrides)}
+
+
+def _sd_negative(pipe, negatives):
+    return pipe.encode_prompt(negatives, torch.device("cpu"), 1, False)[0], None
+
+
+def _sdxl_negative(pipe, negatives):
+    return pipe.encode_prompt(negatives, device=torch.device("cpu"), do_classifier_free_guidance=False)[0], None
+
+
+def _t5_style_negative(**options):
+    def encode(pipe, negatives):
+        embeds, mask, *_ = pipe.encode_prompt(negatives, do_classifier_free_guidance=False, **options)
+        return embeds, mask
+
+    return encode
+
+
+def _wan_negative(pipe, negatives):
+    return fv.wan_prompt_embeds(pipe, negatives), None
+
+
+def _ltx2_negative(pipe, negatives):
+    embeds, mask, *_ = pipe.encode_prompt(negatives, do_classifier_free_guidance=False, max_sequence_length=16)
+    video, _audio, mask = pipe.connectors(embeds, mask, padding_side=pipe.tokenizer.padding_side)
+    return video, mask
+
+
+def _image_kwargs(**overrides):
+    return fi.image_call_kwargs(**overrides)
+
+
+CASES: list[Case] = [
+    Case("sd15", fi.make_sd, _image_kwargs, "sd", _sd_negative, denoisers=("unet",)),
+    Case("sdxl", fi.make_sdxl, _image_kwargs, "sdxl", _sdxl_negative, denoisers=("unet",)),
+    Case(
+        "sdxl-img2img",
+        lambda: fi.make_sdxl(img2img=True),
+        lambda **o: fi.image_call_kwargs(**{"num_inference_steps": 4, "strength": 0.6, **o}),
+        "sdxl",
+        _sdxl_negative,
+        denoisers=("unet",),
+        inputs={"image": torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))},
+    ),
+    Case(
+        "pixart-alpha",
+        fi.make_pixart,
+        fi.pixart_call_kwargs,
+        "pixart",
+        _t5_style_negative(max_sequence_length=16),
+    ),
+    Case(
+        "pixart-sigma",
+        lambda: fi.make_pixart(sigma=True),
+        fi.pixart_call_kwargs,
+        "pixart",
+        _t5_style_negative(max_sequence_length=16),
+    ),
+    Case(
+        "sana",
+        fi.make_sana,
+        fi.sana_call_kwargs,
+        "sana",
+        _t5_style_negative(max_sequence_length=16, complex_human_instruction=None),
+    ),
+    Case(
+        "wan21-t2v",
+        fv.make_wan_t2v,
+        fv.wan_call_kwargs,
+        "wan",
+        _wan_negative,
+        mask_arg=None,
+        cfg="separate",
+        per_prompt="num_videos_per_prompt",
+    ),
+    Case(
+        "wan22-t2v",
+        lambda: fv.make_wan_t2v(dual=True),
+        fv.wan_call_kwargs,
+        "wan",
+        _wan_negative,
+        denoisers=("transformer", "transformer_2"),
+        mask_arg=None,
+        cfg="separate",
+        per_prompt="num_videos_per_prompt",
+    ),
+    Case(
+        "wan21-i2v",
+        fv.make_wan_i2v,
+        fv.wan_call_kwargs,
+        "wan",
+        _wan_negative,
+        mask_arg=None,
+        cfg="separate",
+        per_prompt="num_videos_per_prompt",
+        images_per_prompt=1,  # stock WanImageToVideoPipeline fails for num_videos_per_prompt > 1 (0.42.1)
+        inputs={"image": fv.tiny_image()},
+    ),
+    Case(
+        "wan22-i2v",
+        lambda: fv.make_wan_i2v(dual=True),
+        fv.wan_call_kwargs,
+        "wan",
+        _wan_negative,
+        denoisers=("transformer", "transformer_2"),
+        mask_arg=None,
+        cfg="separate",
+        per_prompt="num_videos_per_prompt",
+        inputs={"image": fv.tiny_image()},
+    ),
+    Case(
+        "ltx",
+        fv.make_ltx,
+        fv.ltx_call_kwargs,
+        "ltx",
+        _t5_style_negative(max_sequence_length=16),
+        per_prompt="num_videos_per_prompt",
+    ),
+    Case(
+        "ltx2",
+        fv.make_ltx2,
+        fv.ltx2_call_kwargs,
+        "ltx2",
+        _ltx2_negative,
+        per_prompt="num_videos_per_prompt",
+    ),
+    Case(
+        "ltx2.0",
+        lambda: fv.make_ltx2(modulated=False),
+        fv.ltx2_call_kwargs,
+        "ltx2",
+        _ltx2_negative,
+        per_prompt="num_videos_per_prompt",
+    ),
+]
+
+BY_ID = {case.id: case for case in CASES}
