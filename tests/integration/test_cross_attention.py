@@ -20,7 +20,7 @@ from tests.integration.helpers import (
 )
 from tests.integration.reference import ReferenceNAG
 
-NAG = dict(nag_scale=5.0, nag_tau=2.5, nag_alpha=0.5)
+NAG = dict(nag_scale=5.0, nag_tau=2.5, nag_alpha=0.5, nag_start=0.0, nag_end=1.0)
 NEGATIVE = "blurry dog"
 
 
@@ -119,7 +119,7 @@ def test_5_steps_after_the_window_cost_what_stock_costs(case):
     nag.apply(pipe)
     full_flops = denoiser_flops(pipe, case, nag={"nag_negative_prompt": NEGATIVE, **NAG}, **call)
     counter.counts["to_k"] = 0
-    window_flops = denoiser_flops(pipe, case, nag={"nag_negative_prompt": NEGATIVE, "nag_end": 0.5, **NAG}, **call)
+    window_flops = denoiser_flops(pipe, case, nag={"nag_negative_prompt": NEGATIVE, **NAG, "nag_end": 0.5}, **call)
     report = pipe.nag_report
     total = report.steps_total
     in_window = sum(1 for i in range(total) if i / total < 0.5)
@@ -189,6 +189,6 @@ def test_report_tells_what_nag_did(case):
     assert math.isfinite(report.mean_ratio) and report.mean_ratio > 0
     assert 0.0 <= report.clipped_fraction <= 1.0
     assert f"{report.layers_guided} layers" in str(report)
-    generate(pipe, case, nag={"nag_negative_prompt": NEGATIVE, "nag_start": 0.9, **NAG})
+    generate(pipe, case, nag={"nag_negative_prompt": NEGATIVE, **NAG, "nag_start": 0.9})
     assert not pipe.nag_report.active
     assert "window" in pipe.nag_report.warnings[-1]

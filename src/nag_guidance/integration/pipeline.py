@@ -57,7 +57,7 @@ def apply(pipe: Any, preset: str | None = None, **defaults: float) -> Any:
     ``NotImplementedError`` and invalid parameters ``ValueError``, leaving the pipeline untouched.
     """
     family = detect(pipe)
-    config = get_preset(preset or family.preset).config.with_overrides(**_known_fields(defaults))
+    config = get_preset(preset or family.preset_for(pipe)).config.with_overrides(**_known_fields(defaults))
     session: Session | None = getattr(pipe, "_nag_session", None)
     if session is not None:
         session.defaults = config

@@ -32,7 +32,7 @@ class Family:
     name: str
     pipelines: tuple[str, ...]
     install: Installer
-    preset: str
+    preset: str | Callable[[Any], str]
     encode_returns: tuple[str, ...]
     denoisers: tuple[str, ...] = ("transformer",)
     text_arg: str = "encoder_hidden_states"
@@ -40,6 +40,10 @@ class Family:
     timestep_arg: str = "timestep"
     attention: tuple[str, ...] = ("attn2",)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def preset_for(self, pipe: Any) -> str:
+        """The presets-table row for this pipeline (some families pick it from the model's config)."""
+        return self.preset(pipe) if callable(self.preset) else self.preset
 
 
 _FAMILIES: dict[str, Family] = {}

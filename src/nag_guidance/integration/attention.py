@@ -1,0 +1,98 @@
+"""Attention that also returns its log-sum-exp, and the merge of attention over two key sets.
+
+For one query, attention over keys A ∪ B is the average of attention over A and over B weighted by each set's
+softmax mass: with lse = log Σ exp(scores), out = out_A·exp(lse_A − lse) + out_B·exp(lse_B − lse) where
+lse = logaddexp(lse_A, lse_B). NAG's joint-attention path uses it to share the image×image attention between
+the prompt and negative branches.
+
+Tensors are (B, H, S, D). The log-sum-exp comes from PyTorch's fused kernels where they provide it (CPU flash,
+CUDA memory-efficient attention); the first use of a kernel on a device/dtype is checked against the plain
+computation, and a kernel that disagrees or fails is never used again in the process.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_KERNEL_OK: dict[tuple[str, torch.dtype], bool] = {}
+_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+
+
+def attention_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax(q·kᵀ·scale + mask)·v, logsumexp of the scores in fp32 of shape (B, H, Sq)).
+
+    ``mask`` is additive (float) or boolean (True = attend), broadcastable to (B, H, Sq, Sk).
+    """
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        mask = mask.to(q.dtype)
+    key = (q.device.type, q.dtype)
+    if _KERNEL_OK.get(key, True):
+        try:
+            result = _kernel(q, k, v, mask, scale)
+        except (RuntimeError, NotImplementedError):
+            result = None
+        if result is not None:
+            if key not in _KERNEL_OK:
+                _KERNEL_OK[key] = _agrees(result, q, k, v, mask, scale)
+            if _KERNEL_OK[key]:
+                return result
+        else:
+            _KERNEL_OK[key] = False
+    return _plain(q, k, v, mask, scale)
+
+
+def merge_attention(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Attention over the union of two key sets from each set's (output, lse); in fp32, cast back."""
+    (out_a, lse_a), (out_b, lse_b) = a, b
+    lse = torch.logaddexp(lse_a, lse_b)
+    weight_a = torch.exp(lse_a - lse).unsqueeze(-1)
+    weight_b = torch.exp(lse_b - lse).unsqueeze(-1)
+    return (out_a.float() * weight_a + out_b.float() * weight_b).to(out_a.dtype)
+
+
+def _kernel(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=mask, scale=scale
+        )
+        return out, lse.float()
+    if q.device.type == "cuda":
+        bias = None if mask is None else mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        out, lse, *_ = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, scale=scale)
+        return out, lse[..., : q.shape[2]].float()
+    return None
+
+
+def _plain(q, k, v, mask, scale, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference computation in fp32, in query chunks to bound the score matrix's memory."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    outs, lses = [], []
+    kf, vf = k.float(), v.float()
+    for start in range(0, q.shape[2], chunk):
+        part = slice(start, start + chunk)
+        scores = torch.matmul(q[:, :, part].float(), kf.transpose(-1, -2)) * scale
+        if mask is not None:
+            m = mask if mask.shape[-2] == 1 else mask[..., part, :]
+            scores = scores + m.float()
+        lse = torch.logsumexp(scores, dim=-1)
+        finite = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))  # fully masked rows give zeros
+        outs.append(torch.matmul(torch.exp(scores - finite.unsqueeze(-1)), vf).to(q.dtype))
+        lses.append(lse)
+    return torch.cat(outs, 2), torch.cat(lses, 2)
+
+
+def _agrees(result, q, k, v, mask, scale) -> bool:
+    """Check a kernel's first answer on a slice of the real inputs against the plain computation."""
+    rows = slice(0, min(q.shape[2], 64))
+    m = None if mask is None else (mask if mask.shape[-2] == 1 else mask[..., rows, :])
+    out, lse = _plain(q[:1, :, rows], k[:1], v[:1], None if m is None else m[:1], scale)
+    tol = _CHECK_TOLERANCE.get(q.dtype, 1e-3)
+    same_out = torch.allclose(result[0][:1, :, rows].float(), out.float(), atol=tol, rtol=tol)
+    same_lse = torch.allclose(result[1][:1, :, rows], lse, atol=tol * 10, rtol=tol)
+    return bool(same_out and same_lse)

@@ -1,0 +1,108 @@
+"""How the negative rides along with the prompt into the denoiser, for every mechanism.
+
+A forward pre-hook on each denoiser plans the forward (which rows are guided, see ``NAGState.plan_forward``)
+and appends the negative's embeddings to the prompt's text input on the *sequence* axis — and its padding mask
+to the text mask. Whatever the model then does to text tokens one by one (caption projections and norms,
+modulation, the text stream of joint-attention blocks) happens to the negative's tokens too, with no per-model
+code. Families whose models derive text positions from the text input extend them in ``extend_inputs``.
+The attention wrappers take the negative back out of the sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from nag_guidance.integration.hooks import (
+    ProcessorWrapper,
+    add_denoiser_hooks,
+    bind_forward,
+    track_cache_context,
+    unbind,
+    wrap_processors,
+)
+from nag_guidance.integration.registry import Family, Undo
+from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
+
+ExtendInputs = Callable[[dict[str, Any], ForwardPlan, NegativeText], None]
+"""Family hook: given the bound denoiser arguments (text already extended), extend whatever else depends on the
+text length (position ids, rotary tables...) in place."""
+
+
+def install(pipe: Any, family: Family, state: NAGState, wrapper: type[ProcessorWrapper]) -> list[Undo]:
+    """Hook every denoiser of ``pipe`` named by the family and wrap its attention processors with ``wrapper``."""
+    undo: list[Undo] = []
+    try:
+        for attr in family.denoisers:
+            model = getattr(pipe, attr, None)
+            if model is None:
+                continue
+            layers, unwrap = wrap_processors(model, family.attention, wrapper, state, attr)
+            undo.append(unwrap)
+            if not layers:
+                raise ValueError(
+                    f"{type(model).__name__} (pipe.{attr}) has no attention layers named "
+                    f"{' or '.join(family.attention)}: NAG cannot be installed on it"
+                )
+            undo.append(add_denoiser_hooks(model, _append_negative(pipe, family, state), state))
+            undo.append(track_cache_context(model, state))
+    except Exception:
+        for action in reversed(undo):
+            action()
+        raise
+    if not undo:
+        raise ValueError(f"{type(pipe).__name__} has none of the denoisers {family.denoisers}")
+    return undo
+
+
+def _append_negative(pipe: Any, family: Family, state: NAGState):
+    """The denoiser pre-hook: plan the forward and append the negative to the text input (and its mask)."""
+    extend: ExtendInputs | None = family.extra.get("extend_inputs")
+
+    def pre_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        call = state.call
+        if call is None:
+            return None
+        bound = bind_forward(module, args, kwargs)
+        arguments = bound.arguments
+        text = arguments.get(family.text_arg)
+        if not isinstance(text, torch.Tensor):
+            call.note(f"the denoiser got no {family.text_arg} tensor: that forward was left unguided")
+            return None
+        if call.num_steps is None:
+            call.num_steps = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
+        plan = state.plan_forward(text.shape[0], text, arguments.get(family.timestep_arg))
+        if plan is None:
+            return None
+        negative = state.negative_rows(plan.rows.stop - plan.rows.start, device=text.device, dtype=text.dtype)
+        repeat = plan.batch // negative.embeds.shape[0]
+        arguments[family.text_arg] = torch.cat([text, negative.embeds.repeat(repeat, 1, 1)], dim=1)
+        plan.text_length, plan.negative_length = text.shape[1], negative.embeds.shape[1]
+        mask = arguments.get(family.mask_arg) if family.mask_arg else None
+        if mask is not None or negative.mask is not None:
+            if family.mask_arg is None:
+                raise ValueError(f"the {family.name} denoiser takes no text mask, but the NAG negative has one")
+            arguments[family.mask_arg] = _joined_mask(mask, negative.mask, text, negative.embeds, repeat)
+        if extend is not None:
+            extend(arguments, plan, negative)
+        return unbind(bound)
+
+    return pre_forward
+
+
+def _joined_mask(
+    mask: torch.Tensor | None,
+    negative_mask: torch.Tensor | None,
+    text: torch.Tensor,
+    negative: torch.Tensor,
+    repeat: int,
+) -> torch.Tensor:
+    """[prompt mask, negative mask] on the sequence axis; a missing side means all of its tokens count."""
+    like = mask if mask is not None else negative_mask
+    if mask is None:
+        mask = torch.ones(text.shape[:2], dtype=like.dtype, device=text.device)
+    if negative_mask is None:
+        negative_mask = torch.ones(negative.shape[:2], dtype=like.dtype, device=text.device)
+    return torch.cat([mask, negative_mask.to(mask.dtype).repeat(repeat, 1)], dim=1)

@@ -1,0 +1,133 @@
+"""The tiny pipelines of the joint-attention families, with what the tests need to know about each.
+
+Like ``cases.py``, this is the tests' own, independent description of each family: how the denoiser takes
+text, where its processors call attention, the token order there, and how its CFG branches run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tests.integration import factories_joint as fj
+
+
+@dataclass(frozen=True)
+class JointCase:
+    id: str
+    make: Callable[[], Any]
+    call_kwargs: Callable[..., dict]
+    family: str
+    encode: Callable[[Any, str], tuple[torch.Tensor, torch.Tensor | None]]  # text as the denoiser takes it
+    attention_module: str  # module holding the attention function the processors call
+    attention_name: str = "dispatch_attention_fn"
+    text_first: bool = True
+    text_arg: str = "encoder_hidden_states"
+    mask_arg: str | None = None
+    ids_arg: str | None = None
+    pooled: tuple[str, Callable[[Any, str], torch.Tensor]] | None = None  # (denoiser argument, encoder)
+    cfg: str = "separate"  # "batched": one [uncond, cond] forward; "separate": cond, then uncond forward
+    cfg_kwargs: dict = field(default_factory=lambda: {"guidance_scale": 3.0})
+    denoisers: tuple[str, ...] = ("transformer",)
+    per_prompt: str = "num_images_per_prompt"
+    negative_lengths: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None  # (shorter, longer) embeds
+
+    def kwargs(self, **overrides) -> dict:
+        return self.call_kwargs(**overrides)
+
+    @property
+    def owner(self) -> Any:
+        return importlib.import_module(self.attention_module)
+
+    @property
+    def bshd(self) -> bool:
+        return self.attention_name == "dispatch_attention_fn"
+
+
+def _flux_text(pipe, text):
+    return pipe.encode_prompt(text, prompt_2=None, max_sequence_length=16)[0], None
+
+
+def _flux_pooled(pipe, text):
+    return pipe.encode_prompt(text, prompt_2=None, max_sequence_length=16)[1]
+
+
+def _flux_lengths(pipe):
+    short = pipe.encode_prompt("dog", prompt_2=None, max_sequence_length=8)[0]
+    long = pipe.encode_prompt("blurry low quality dog", prompt_2=None, max_sequence_length=24)[0]
+    return short, long
+
+
+def _sd3_text(pipe, text):
+    return pipe.encode_prompt(text, None, None, do_classifier_free_guidance=False, max_sequence_length=16)[0], None
+
+
+def _sd3_pooled(pipe, text):
+    return pipe.encode_prompt(text, None, None, do_classifier_free_guidance=False, max_sequence_length=16)[2]
+
+
+def _sd3_lengths(pipe):
+    short = pipe.encode_prompt("dog", None, None, do_classifier_free_guidance=False, max_sequence_length=8)[0]
+    long = pipe.encode_prompt("blurry dog", None, None, do_classifier_free_guidance=False, max_sequence_length=24)[0]
+    return short, long
+
+
+FLUX_ATTENTION = "diffusers.models.transformers.transformer_flux"
+SDPA = ("torch.nn.functional", "scaled_dot_product_attention")
+
+JOINT_CASES: list[JointCase] = [
+    JointCase(
+        "flux",
+        fj.make_flux,
+        fj.flux_call_kwargs,
+        "flux",
+        _flux_text,
+        FLUX_ATTENTION,
+        ids_arg="txt_ids",
+        pooled=("pooled_projections", _flux_pooled),
+        cfg_kwargs={"true_cfg_scale": 3.0, "negative_prompt": "ugly"},
+        negative_lengths=_flux_lengths,
+    ),
+    JointCase(
+        "flux-kontext",
+        fj.make_flux_kontext,
+        fj.flux_kontext_call_kwargs,
+        "flux-kontext",
+        _flux_text,
+        FLUX_ATTENTION,
+        ids_arg="txt_ids",
+        pooled=("pooled_projections", _flux_pooled),
+        cfg_kwargs={"true_cfg_scale": 3.0, "negative_prompt": "ugly"},
+        negative_lengths=_flux_lengths,
+    ),
+    JointCase(
+        "sd3",
+        fj.make_sd3,
+        fj.sd3_call_kwargs,
+        "sd3",
+        _sd3_text,
+        *SDPA,
+        text_first=False,
+        pooled=("pooled_projections", _sd3_pooled),
+        cfg="batched",
+        negative_lengths=_sd3_lengths,
+    ),
+    JointCase(
+        "sd35",
+        fj.make_sd35,
+        fj.sd3_call_kwargs,
+        "sd3",
+        _sd3_text,
+        *SDPA,
+        text_first=False,
+        pooled=("pooled_projections", _sd3_pooled),
+        cfg="batched",
+        negative_lengths=_sd3_lengths,
+    ),
+]
+
+BY_ID = {case.id: case for case in JOINT_CASES}

@@ -1,0 +1,131 @@
+"""A slow, independent NAG reference for the joint-attention families, for tests only.
+
+It works the way the NAG authors' pipelines do, not the way the package does: the denoiser runs on a doubled
+batch — rows [prompt; negative], image inputs tiled — so the negative's text stream is simply the second half
+of the batch. Texts of different lengths are padded to a common length, and padded tokens are masked out as
+keys. Every joint-attention call is replaced by plain attention in float64 over each half's own [text; image]
+sequence; the image-token outputs of both halves are then set to NAG(prompt half, negative half), so the two
+image streams stay identical and the prompt half of the output is the NAG result.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tests.integration.reference import nag_float64
+
+
+def _rows(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """One row per batch row: given as such, or one row for all."""
+    return t if t.shape[0] == batch else t.expand(batch, *t.shape[1:])
+
+
+@dataclass
+class JointReference:
+    """``prompt_text`` / ``negative_text``: (embeds, mask) exactly as the denoiser takes text, one row per batch
+    row or one row for all. ``extra_text``: other per-branch inputs (e.g. pooled vectors) as
+    (prompt value, negative value) by argument name."""
+
+    attention_owner: Any  # module whose attribute is the attention function
+    attention_name: str
+    bshd: bool  # layout of the intercepted call: (B, S, H, D) if True, else (B, H, S, D)
+    text_first: bool
+    text_arg: str
+    mask_arg: str | None
+    ids_arg: str | None  # 2-D text position ids (L, n) to extend with zeros, if the family has them
+    prompt_text: tuple[torch.Tensor, torch.Tensor | None]
+    negative_text: tuple[torch.Tensor, torch.Tensor | None]
+    scale: float
+    tau: float
+    alpha: float
+    extra_text: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    attention_modules: str = "attn"  # last name component of the joint-attention modules
+
+    def install(self, denoiser: torch.nn.Module) -> None:
+        self.active = self.inside = False
+        self.guided_calls = 0
+        self.original = getattr(self.attention_owner, self.attention_name)
+        setattr(self.attention_owner, self.attention_name, self._attention)
+        denoiser.register_forward_pre_hook(self._double_batch, with_kwargs=True)
+        denoiser.register_forward_hook(self._first_half)
+        for name, module in denoiser.named_modules():
+            if name.rsplit(".", 1)[-1] == self.attention_modules:
+                module.register_forward_pre_hook(lambda *_: setattr(self, "inside", True))
+                module.register_forward_hook(lambda *_: setattr(self, "inside", False))
+
+    def uninstall(self) -> None:
+        setattr(self.attention_owner, self.attention_name, self.original)
+
+    # -- batch doubling ------------------------------------------------------------------------
+
+    def _double_batch(self, module, args, kwargs):
+        bound = inspect.signature(type(module).forward).bind(module, *args, **kwargs)
+        arguments = bound.arguments
+        text = arguments[self.text_arg]
+        batch = text.shape[0]
+        length = max(self.prompt_text[0].shape[1], self.negative_text[0].shape[1])
+        halves = [self._padded(self.prompt_text, length, text), self._padded(self.negative_text, length, text)]
+        arguments[self.text_arg] = torch.cat([_rows(h[0], batch) for h in halves])
+        self.key_mask = torch.cat([_rows(h[1], batch) for h in halves])  # (2B, L) bool
+        if self.mask_arg and arguments.get(self.mask_arg) is not None:
+            mask = arguments[self.mask_arg]
+            arguments[self.mask_arg] = self.key_mask.to(mask.dtype)
+        if self.ids_arg:
+            ids = arguments[self.ids_arg]
+            arguments[self.ids_arg] = torch.cat([ids, ids.new_zeros(length - ids.shape[0], ids.shape[1])])
+        for name, (prompt_value, negative_value) in (self.extra_text or {}).items():
+            arguments[name] = torch.cat([_rows(prompt_value.to(text), batch), _rows(negative_value.to(text), batch)])
+        for name, value in list(arguments.items()):
+            done = (self.text_arg, self.mask_arg, *(self.extra_text or {}))
+            if name not in done and isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch:
+                arguments[name] = torch.cat([value, value])
+        self.batch, self.text_length, self.active = batch, length, True
+        return bound.args[1:], bound.kwargs
+
+    @staticmethod
+    def _padded(text, length, like):
+        embeds, mask = text
+        real = torch.ones(embeds.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
+        pad = length - embeds.shape[1]
+        embeds = F.pad(embeds.to(like), (0, 0, 0, pad))
+        return embeds, F.pad(real, (0, pad)).to(like.device)
+
+    def _first_half(self, module, args, output):
+        self.active = False
+        first = output[0] if isinstance(output, (tuple, list)) else output.sample
+        half = first[: self.batch]
+        return (half,) if isinstance(output, (tuple, list)) else type(output)(sample=half)
+
+    # -- attention -------------------------------------------------------------------------------
+
+    def _attention(self, query, key, value, attn_mask=None, *args, **kwargs):
+        if not (self.active and self.inside) or query.shape[0] != 2 * self.batch:
+            return self.original(query, key, value, attn_mask, *args, **kwargs)
+        q, k, v = (t.transpose(1, 2) if self.bshd else t for t in (query, key, value))  # (2B, H, S, D)
+        total, length = q.shape[2], self.text_length
+        text = slice(0, length) if self.text_first else slice(total - length, total)
+        image = slice(length, total) if self.text_first else slice(0, total - length)
+        keep = torch.ones(q.shape[0], total, dtype=torch.bool)
+        keep[:, text] = self.key_mask
+        bias = torch.zeros(q.shape[0], 1, 1, total, dtype=torch.float64).masked_fill(~keep[:, None, None], -torch.inf)
+        if attn_mask is not None:
+            bias = bias + (
+                attn_mask.double() if attn_mask.dtype != torch.bool else torch.where(attn_mask, 0.0, -torch.inf)
+            )
+        scores = q.double() @ k.double().transpose(-1, -2) / q.shape[-1] ** 0.5 + bias
+        out = torch.softmax(scores, -1) @ v.double()
+        b = self.batch
+        heads, dim = out.shape[1], out.shape[3]
+        z = out[:, :, image].transpose(1, 2).flatten(2)  # (2B, N, H·D)
+        guided = nag_float64(z[:b], z[b:], self.scale, self.tau, self.alpha)
+        guided = guided.unflatten(-1, (heads, dim)).transpose(1, 2)
+        out[:b, :, image] = guided
+        out[b:, :, image] = guided
+        self.guided_calls += 1
+        out = out.to(query.dtype)
+        return out.transpose(1, 2) if self.bshd else out
