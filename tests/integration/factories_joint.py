@@ -4,22 +4,31 @@ HiDream-I1.
 
 Every component is built in memory from fixed seeds (sizes from diffusers' own test configurations where they exist):
 no download, no file. Tokenizers come from in-memory vocabularies: T5 and CLIP ones from the image/video factories,
-and for the chat-style LLM encoders (Qwen2.5-VL, Qwen3, Mistral 3, Llama, Gemma 2) a word-level tokenizer
-(:func:`word_tokenizer`) whose pre-tokenizer splits like the real BPE ones do on the pipelines' fixed prompt templates,
-so the templates' hard-coded token offsets (Qwen-Image's 34 / 64, HunyuanVideo's 95) drop exactly the template, as
-with the real tokenizers. Where a pipeline renders a chat template, a small Jinja template in the same layout is set.
+and for the chat-style LLM encoders (Qwen2.5-VL, Qwen3, Mistral 3, Llama, Gemma 2) a word-level tokenizer with
+letter fallback (:func:`word_tokenizer`) whose pre-tokenizer splits like the real BPE ones do on the pipelines' fixed
+prompt templates, so the templates' hard-coded token offsets (Qwen-Image's 34 / 64, HunyuanVideo's 95) drop exactly
+the template, as with the real tokenizers. Where a pipeline renders a chat template, a small Jinja template in the
+same layout is set.
 
-Image sizes leave at least 16 image tokens per sample (per-token effects stay visible) and every 2-step call stays
-well under half a second on one CPU thread. ``*_call_kwargs`` give call arguments that decode nothing
+Image sizes leave at least 16 image tokens per sample (per-token effects stay visible) and every 2-step call takes
+a few tens of milliseconds on one CPU thread, except Qwen-Image-Edit (~0.45 s: the pipeline VAE-encodes its reference
+image at ~1024² whatever the output size). ``*_call_kwargs`` give call arguments that decode nothing
 (``output_type="latent"``) and take 2 steps with every form of classifier-free guidance off (``guidance_scale`` /
 ``true_cfg_scale`` at their "off" value; guidance-*distilled* models keep their embedded guidance scale).
+
+Everything is a stock diffusers pipeline with stock components, with three stand-ins where the offline environment
+(no torchvision) or CPU time forces one: FLUX.2's ``tokenizer`` is a plain tokenizer with a Mistral chat template
+instead of a Pixtral processor; Qwen-Image-Edit's Qwen2-VL processor is built with ``video_processor=None``; and
+HiDream's ``default_sample_size`` instance attribute is lowered so that its fixed output area stays small.
 """
 
 from __future__ import annotations
 
+import re
 import string
 
 import torch
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from tests.integration.factories_image import _clip_text, clip_tokenizer
@@ -45,11 +54,8 @@ def word_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """A lower-casing WordPiece tokenizer built in memory: every word of ``WORDS`` and of ``corpus`` (the pipeline's
     fixed prompt template) is one token, any other word falls back to single letters, so every prompt is encodable and
-    different prompts give different ids. ``special_tokens`` come first (ids 0, 1, ...), in the given order."""
-    import re
-
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
-
+    different prompts give different ids. ``special_tokens`` come first (ids 0, 1, ...), in the given order; with a
+    ``bos_token`` every encoding starts with it (as Llama / Gemma tokenizers do)."""
     pieces: list[str] = []
     for piece in [
         "[UNK]",
@@ -76,11 +82,10 @@ def word_tokenizer(
         padding_side=padding_side,
     )
     if bos_token is not None:
-        from tokenizers import processors
-
-        tok = tokenizer.backend_tokenizer
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B", special_tokens=[(bos_token, vocab[bos_token])]
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A",
+            pair=f"{bos_token} $A {bos_token} $B",
+            special_tokens=[(bos_token, vocab[bos_token])],
         )
     if chat_template is not None:
         tokenizer.chat_template = chat_template
@@ -363,17 +368,18 @@ def _qwen_transformer():
 
 
 def _qwen_vae(edit: bool = False):
-    """Qwen-Image's Wan-style causal VAE, z_dim 4. The text-to-image one is diffusers' test VAE (factor 4); the edit
-    pipeline always VAE-encodes its reference image at ~1024² pixels, so its VAE is 1 channel wide with four
-    downsamplings (factor 16: 64×64 latents, and the mid-block attention sees 4096 positions, not 65536); that encode
-    alone still takes ~0.45 s on one CPU thread (CPU ``conv3d`` at 1024²)."""
+    """Qwen-Image's Wan-style causal VAE, z_dim 4. The text-to-image one is diffusers' test VAE (factor 4). The edit
+    pipeline always VAE-encodes its reference image at ~1024² pixels, so its VAE is 1 channel wide at full resolution
+    (2 below, so that the decoder's halving upsamplers keep at least one channel) with five downsamplings (factor 32:
+    32×32 latents → 256 reference tokens after packing, and a small mid-block attention); that encode alone still
+    takes ~0.4 s on one CPU thread (CPU ``conv3d`` at 1024²)."""
     from diffusers import AutoencoderKLQwenImage
 
     if edit:
         return AutoencoderKLQwenImage(
             base_dim=1,
             z_dim=4,
-            dim_mult=[1, 1, 1, 1, 1, 1],
+            dim_mult=[1, 2, 2, 2, 2, 2],
             num_res_blocks=1,
             temperal_downsample=[False, False, False, True, True],
             latents_mean=[0.0] * 4,
@@ -440,7 +446,7 @@ def make_qwenimage_edit():
     """QwenImageEditPipeline: the Qwen-Image transformer; the reference image enters twice: VAE latents appended
     after the noisy image tokens, and as Qwen2.5-VL vision tokens inside the prompt (the processor's image processor
     is capped at 56×56 pixels → 16 patches → 4 ``<|image_pad|>`` tokens). The pipeline resizes the reference image to
-    ~1024² pixels whatever the output size, hence the narrow factor-16 VAE (1024 reference-image tokens)."""
+    ~1024² pixels whatever the output size, hence the narrow factor-32 VAE (256 reference-image tokens)."""
     from diffusers import QwenImageEditPipeline
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
 
@@ -468,8 +474,10 @@ def make_qwenimage_edit():
 
 
 def qwenimage_edit_call_kwargs(**overrides) -> dict:
-    """As :func:`qwenimage_call_kwargs` but 64×64 output with the factor-16 VAE (4×4 latents → 4 noisy image tokens
-    after 2×2 packing... see below) and a 32×32 reference image."""
+    """2 steps at 256×256 (factor-32 VAE → 8×8 latents → 16 noisy image tokens, followed by 256 reference-image
+    tokens) with a 32×32 reference image; true CFG off. ~0.4 s per call, nearly all of it the VAE encode of the
+    reference image at 1024². For a list of prompts pass a list with one image per prompt: the processor needs one
+    image per ``<|image_pad|>``."""
     kwargs = dict(
         image=tiny_image(seed=5, size=32),
         height=256,
@@ -774,6 +782,320 @@ def flux2_klein_call_kwargs(**overrides) -> dict:
     """2 steps at 16×16 (64 image tokens), prompts padded to 32 tokens, CFG off (``guidance_scale=1``)."""
     kwargs = dict(
         height=16, width=16, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=32, output_type="latent"
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+# ------------------------------------------------------------------------------------------------- Z-Image
+
+
+def make_zimage():
+    """ZImagePipeline: a single-stream DiT (1 noise-refiner block on image tokens, 1 context-refiner block on text
+    tokens, 2 joint blocks over ``[image, text]``), fed lists of unpadded per-sample tensors; a 2-layer Qwen3 text
+    encoder (``hidden_states[-2]``) behind a Qwen3-style chat template."""
+    from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    tokenizer = word_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+        pad_token="<|endoftext|>",
+        chat_template=_QWEN3_CHAT_TEMPLATE,
+    )
+    torch.manual_seed(0)
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            hidden_size=16,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).eval()
+    torch.manual_seed(1)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=32,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=16,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=[8, 4, 4],
+        axes_lens=[256, 32, 32],
+    ).eval()
+    # Both pad tokens are created with `torch.empty` (diffusers' tests fix them too).
+    with torch.no_grad():
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    torch.manual_seed(3)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        block_out_channels=[8, 8],
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=4,
+        sample_size=32,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+    ).eval()
+    pipe = ZImagePipeline(
+        scheduler=_flow_scheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def zimage_call_kwargs(**overrides) -> dict:
+    """2 steps at 32×32 (VAE factor 2, patch 2 → 64 image tokens), prompts padded to 64 tokens before the pipeline
+    drops the padding; CFG off: Z-Image's CFG runs whenever ``guidance_scale > 0`` (``pos + g·(pos − neg)``)."""
+    kwargs = dict(
+        height=32, width=32, num_inference_steps=2, guidance_scale=0.0, max_sequence_length=64, output_type="latent"
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+# ------------------------------------------------------------------------------------------------- CogVideoX
+
+
+def make_cogvideox():
+    """CogVideoXPipeline (CogVideoX-2b-style: 3D sin-cos positions added to the image tokens, no RoPE): one expert-
+    adaLN block whose attention runs over ``[text, video]``; T5 text encoder. The transformer's
+    ``max_text_seq_length`` is 16, so calls must pass ``max_sequence_length=16``."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    tokenizer = tiny_tokenizer(model_max_length=226)
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(tokenizer.vocab_size)
+    torch.manual_seed(1)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=2,
+        text_embed_dim=32,
+        num_layers=2,
+        sample_width=8,
+        sample_height=8,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=16,
+    ).eval()
+    torch.manual_seed(3)
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    ).eval()
+    pipe = CogVideoXPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=CogVideoXDDIMScheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def cogvideox_call_kwargs(**overrides) -> dict:
+    """2 steps, 64×64, 9 frames → latents 3×8×8 → patch 2 → 48 video tokens; 16 T5 tokens; CFG off. The stock
+    pipeline overrides ``num_videos_per_prompt`` to 1."""
+    kwargs = dict(
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        use_dynamic_cfg=False,
+        max_sequence_length=16,
+        output_type="latent",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+# ------------------------------------------------------------------------------------------------- Lumina 2
+
+
+def make_lumina2():
+    """Lumina2Pipeline: a single-stream DiT (1 noise-refiner block, 1 context-refiner block, 2 joint blocks over
+    ``[text, image]``, each unpadded text length kept), Gemma-2 text encoder (``hidden_states[-2]``) behind the
+    pipeline's system prompt."""
+    from diffusers import AutoencoderKL, Lumina2Pipeline, Lumina2Transformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    probe = Lumina2Pipeline(transformer=None, scheduler=None, vae=None, text_encoder=None, tokenizer=None)
+    tokenizer = word_tokenizer(
+        ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+        corpus=probe.system_prompt + " <Prompt Start> ",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+    )
+    torch.manual_seed(0)
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            head_dim=8,
+            hidden_size=16,
+            intermediate_size=32,
+            max_position_embeddings=256,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    ).eval()
+    torch.manual_seed(1)
+    transformer = Lumina2Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=16,
+        num_layers=2,
+        num_refiner_layers=1,
+        num_attention_heads=2,
+        num_kv_heads=2,
+        multiple_of=16,
+        ffn_dim_multiplier=None,
+        norm_eps=1e-5,
+        scaling_factor=1.0,
+        axes_dim_rope=(4, 2, 2),
+        axes_lens=(300, 64, 64),
+        cap_feat_dim=16,
+    ).eval()
+    torch.manual_seed(3)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(4, 4, 4, 4),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=1,
+        sample_size=32,
+    ).eval()
+    pipe = Lumina2Pipeline(
+        transformer=transformer, scheduler=_flow_scheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def lumina2_call_kwargs(**overrides) -> dict:
+    """2 steps at 128×128 (the pipeline hard-codes a VAE factor of 8 → 16×16 latents, patch 2 → 64 image tokens),
+    prompts (after the ~30-token system prompt) padded to 64 tokens; CFG off (``guidance_scale=1``)."""
+    kwargs = dict(
+        height=128, width=128, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=64, output_type="latent"
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+# ------------------------------------------------------------------------------------------------- HiDream-I1
+
+
+def make_hidream():
+    """HiDreamImagePipeline: 1 double-stream + 1 single-stream block with a 4-expert MoE feed-forward; four text
+    encoders: CLIP-L and CLIP-G (pooled → ``temb``), T5 (sequence), and a 2-layer Llama whose every layer's hidden
+    states are handed to the transformer (``llama_layers`` picks one per block)."""
+    from diffusers import HiDreamImagePipeline, HiDreamImageTransformer2DModel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = clip_tokenizer(max_length=128)
+    text_encoder = _clip_text(tokenizer, hidden=32, projection=True, seed=0)
+    text_encoder_2 = _clip_text(tokenizer, hidden=32, projection=True, seed=2)
+    tokenizer_3 = tiny_tokenizer(model_max_length=128)
+    torch.manual_seed(4)
+    text_encoder_3 = _t5_encoder(tokenizer_3.vocab_size)
+    tokenizer_4 = word_tokenizer(
+        _LLAMA3_SPECIALS, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>"
+    )
+    torch.manual_seed(5)
+    text_encoder_4 = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer_4),
+            hidden_size=16,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            bos_token_id=tokenizer_4.bos_token_id,
+            eos_token_id=tokenizer_4.eos_token_id,
+            pad_token_id=tokenizer_4.pad_token_id,
+        )
+    ).eval()
+    torch.manual_seed(1)
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_channels=[32, 16],
+        text_emb_dim=64,
+        num_routed_experts=4,
+        num_activated_experts=2,
+        axes_dims_rope=(4, 2, 2),
+        max_resolution=(32, 32),
+        llama_layers=(0, 1),
+    ).eval()
+    torch.manual_seed(3)
+    vae = _flux_vae(latent_channels=4)
+    pipe = HiDreamImagePipeline(
+        scheduler=_flow_scheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=clip_tokenizer(max_length=128),
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+        text_encoder_4=text_encoder_4,
+        tokenizer_4=tokenizer_4,
+        transformer=transformer,
+    )
+    # HiDream rescales every requested size to an area of (default_sample_size · vae_scale_factor)² pixels
+    # (pipeline_hidream_image.py:813-817); at the stock 128 that is 4096 image tokens. This instance attribute (set
+    # in __init__, not configurable) is the only non-stock setting among these factories.
+    pipe.default_sample_size = 16
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def hidream_call_kwargs(**overrides) -> dict:
+    """2 steps at 16×16 (VAE factor 1, patch 2 → 64 image tokens; the factory's ``default_sample_size`` of 16 fixes
+    the area), every text encoder at 16 tokens; CFG off."""
+    kwargs = dict(
+        height=16, width=16, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16, output_type="latent"
     )
     kwargs.update(overrides)
     return kwargs

@@ -35,6 +35,8 @@ class JointCase:
     denoisers: tuple[str, ...] = ("transformer",)
     per_prompt: str = "num_images_per_prompt"
     negative_lengths: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None  # (shorter, longer) embeds
+    mask_spans_image: bool = False
+    batch_test: bool = True  # whether the 2 prompts × 2 images test applies
 
     def kwargs(self, **overrides) -> dict:
         return self.call_kwargs(**overrides)
@@ -76,7 +78,42 @@ def _sd3_lengths(pipe):
     return short, long
 
 
+def _chroma_text(pipe, text):
+    embeds, _ids, mask, *_ = pipe.encode_prompt(text, do_classifier_free_guidance=False, max_sequence_length=16)
+    return embeds, mask
+
+
+def _chroma_lengths(pipe):
+    short = pipe.encode_prompt("dog", do_classifier_free_guidance=False, max_sequence_length=8)
+    long = pipe.encode_prompt("blurry low dog", do_classifier_free_guidance=False, max_sequence_length=24)
+    return short[0], long[0]
+
+
+def _qwen_text(pipe, text):
+    return pipe.encode_prompt(text, max_sequence_length=64)
+
+
+def _qwen_edit_text(pipe, text):
+    """As the Edit pipeline encodes text: together with the reference image resized to ~1024² pixels."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
+
+    width, height, _ = calculate_dimensions(1024 * 1024, 1.0)
+    image = pipe.image_processor.resize(fj.qwenimage_edit_call_kwargs()["image"], height, width)
+    return pipe.encode_prompt(text, image=image, max_sequence_length=64)
+
+
+def _qwen_edit_lengths(pipe):
+    return _qwen_edit_text(pipe, "dog")[0], _qwen_edit_text(pipe, "a very blurry low quality dark dog")[0]
+
+
+def _qwen_lengths(pipe):
+    short = pipe.encode_prompt("dog", max_sequence_length=64)[0]
+    long = pipe.encode_prompt("a very blurry low quality dark dog with glasses", max_sequence_length=64)[0]
+    return short, long
+
+
 FLUX_ATTENTION = "diffusers.models.transformers.transformer_flux"
+QWEN_ATTENTION = "diffusers.models.transformers.transformer_qwenimage"
 SDPA = ("torch.nn.functional", "scaled_dot_product_attention")
 
 JOINT_CASES: list[JointCase] = [
@@ -127,6 +164,44 @@ JOINT_CASES: list[JointCase] = [
         pooled=("pooled_projections", _sd3_pooled),
         cfg="batched",
         negative_lengths=_sd3_lengths,
+    ),
+]
+
+JOINT_CASES += [
+    JointCase(
+        "chroma",
+        fj.make_chroma,
+        fj.chroma_call_kwargs,
+        "chroma",
+        _chroma_text,
+        FLUX_ATTENTION,
+        mask_arg="attention_mask",
+        mask_spans_image=True,
+        ids_arg="txt_ids",
+        negative_lengths=_chroma_lengths,
+    ),
+    JointCase(
+        "qwen-image",
+        fj.make_qwenimage,
+        fj.qwenimage_call_kwargs,
+        "qwen-image",
+        _qwen_text,
+        QWEN_ATTENTION,
+        mask_arg="encoder_hidden_states_mask",
+        cfg_kwargs={"true_cfg_scale": 3.0, "negative_prompt": "ugly"},
+        negative_lengths=_qwen_lengths,
+    ),
+    JointCase(
+        "qwen-image-edit",
+        fj.make_qwenimage_edit,
+        fj.qwenimage_edit_call_kwargs,
+        "qwen-image",
+        _qwen_edit_text,
+        QWEN_ATTENTION,
+        mask_arg="encoder_hidden_states_mask",
+        cfg_kwargs={"true_cfg_scale": 3.0, "negative_prompt": "ugly"},
+        negative_lengths=_qwen_edit_lengths,
+        batch_test=False,  # one reference image per prompt would be needed; Qwen-Image covers the batch case
     ),
 ]
 

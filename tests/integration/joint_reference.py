@@ -45,6 +45,7 @@ class JointReference:
     alpha: float
     extra_text: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
     attention_modules: str = "attn"  # last name component of the joint-attention modules
+    mask_spans_image: bool = False  # the mask argument covers [text; image] (Chroma), not only the text
 
     def install(self, denoiser: torch.nn.Module) -> None:
         self.active = self.inside = False
@@ -71,10 +72,15 @@ class JointReference:
         length = max(self.prompt_text[0].shape[1], self.negative_text[0].shape[1])
         halves = [self._padded(self.prompt_text, length, text), self._padded(self.negative_text, length, text)]
         arguments[self.text_arg] = torch.cat([_rows(h[0], batch) for h in halves])
-        self.key_mask = torch.cat([_rows(h[1], batch) for h in halves])  # (2B, L) bool
-        if self.mask_arg and arguments.get(self.mask_arg) is not None:
-            mask = arguments[self.mask_arg]
-            arguments[self.mask_arg] = self.key_mask.to(mask.dtype)
+        self.key_mask = torch.cat([_rows(h[1], batch) for h in halves])  # (2B, L) bool: not our padding
+        has_mask = any(t[1] is not None for t in (self.prompt_text, self.negative_text))
+        if self.mask_arg and (arguments.get(self.mask_arg) is not None or has_mask):
+            mask = arguments.get(self.mask_arg)
+            new = torch.cat([_rows(h[2], batch) for h in halves]).to(torch.bool if mask is None else mask.dtype)
+            if self.mask_spans_image:
+                image = mask[:, text.shape[1] :]
+                new = torch.cat([new, torch.cat([image, image])], dim=1)
+            arguments[self.mask_arg] = new
         if self.ids_arg:
             ids = arguments[self.ids_arg]
             arguments[self.ids_arg] = torch.cat([ids, ids.new_zeros(length - ids.shape[0], ids.shape[1])])
@@ -89,11 +95,13 @@ class JointReference:
 
     @staticmethod
     def _padded(text, length, like):
+        """(embeds, which tokens exist, the model's own mask) padded to ``length``; the padding we add here is
+        masked out as keys by the reference itself, and is 0 in the model's mask."""
         embeds, mask = text
-        real = torch.ones(embeds.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
         pad = length - embeds.shape[1]
-        embeds = F.pad(embeds.to(like), (0, 0, 0, pad))
-        return embeds, F.pad(real, (0, pad)).to(like.device)
+        exists = F.pad(torch.ones(embeds.shape[:2], dtype=torch.bool), (0, pad))
+        own = torch.ones(embeds.shape[:2]) if mask is None else mask.float()
+        return F.pad(embeds.to(like), (0, 0, 0, pad)), exists.to(like.device), F.pad(own, (0, pad)).to(like.device)
 
     def _first_half(self, module, args, output):
         self.active = False

@@ -51,6 +51,7 @@ def reference(case, negative, prompts=PROMPT, per_prompt=1, negative_pooled=Fals
         NAG["nag_tau"],
         NAG["nag_alpha"],
         extra_text=extra,
+        mask_spans_image=case.mask_spans_image,
     )
     ref.install(getattr(pipe, case.denoisers[0]))
     try:
@@ -93,6 +94,7 @@ def test_negative_shorter_or_longer_than_the_prompt(case, which):
     assert relative_diff(guided, expected) <= 1e-5
 
 
+@pytest.mark.parametrize("case", [c for c in JOINT_CASES if c.batch_test], ids=lambda c: c.id)
 def test_4_batch_two_by_two(case):
     prompts, negatives = ["a red car", "a blue cat"], ["dog", "dark blurry glasses"]
     pipe = nag.apply(case.make())
@@ -172,12 +174,11 @@ def test_7_model_cpu_offload_and_lora(case):
     assert relative_diff(with_lora, expected) <= 1e-5
 
 
+@pytest.mark.parametrize("case", [c for c in JOINT_CASES if c.pooled], ids=lambda c: c.id)
 def test_pooled_vector_of_the_negative_rows(case):
     """Our choice: the negative's text stream is modulated with the prompt's pooled vector (the NAG authors'
     diffusers pipelines). ComfyUI uses the negative's own pooled vector; that is a different method, and on these
     tiny pipelines it gives a clearly different result."""
-    if case.pooled is None:
-        pytest.skip(f"{case.id} has no pooled text vector")
     pipe = nag.apply(case.make())
     ours = generate(pipe, case, nag={"nag_negative_prompt": NEGATIVE, **NAG})
     with_negative_pooled, _ = reference(case, NEGATIVE, negative_pooled=True)

@@ -81,10 +81,12 @@ def _append_negative(pipe: Any, family: Family, state: NAGState):
         arguments[family.text_arg] = torch.cat([text, negative.embeds.repeat(repeat, 1, 1)], dim=1)
         plan.text_length, plan.negative_length = text.shape[1], negative.embeds.shape[1]
         mask = arguments.get(family.mask_arg) if family.mask_arg else None
-        if mask is not None or negative.mask is not None:
-            if family.mask_arg is None:
-                raise ValueError(f"the {family.name} denoiser takes no text mask, but the NAG negative has one")
-            arguments[family.mask_arg] = _joined_mask(mask, negative.mask, text, negative.embeds, repeat)
+        if family.mask_arg and (mask is not None or negative.mask is not None):
+            arguments[family.mask_arg] = joined_mask(
+                mask, negative.mask, text.shape[:2], negative.embeds.shape[:2], repeat
+            )
+        elif negative.mask is not None and extend is None:
+            raise ValueError(f"the {family.name} denoiser takes no text mask, but the NAG negative has one")
         if extend is not None:
             extend(arguments, plan, negative)
         return unbind(bound)
@@ -92,17 +94,18 @@ def _append_negative(pipe: Any, family: Family, state: NAGState):
     return pre_forward
 
 
-def _joined_mask(
+def joined_mask(
     mask: torch.Tensor | None,
     negative_mask: torch.Tensor | None,
-    text: torch.Tensor,
-    negative: torch.Tensor,
+    text_shape: tuple[int, int],
+    negative_shape: tuple[int, int],
     repeat: int,
 ) -> torch.Tensor:
-    """[prompt mask, negative mask] on the sequence axis; a missing side means all of its tokens count."""
+    """[prompt mask, negative mask (rows repeated ``repeat`` times)] on the sequence axis; a missing side means
+    all of its tokens count."""
     like = mask if mask is not None else negative_mask
     if mask is None:
-        mask = torch.ones(text.shape[:2], dtype=like.dtype, device=text.device)
+        mask = torch.ones(text_shape, dtype=like.dtype, device=like.device)
     if negative_mask is None:
-        negative_mask = torch.ones(negative.shape[:2], dtype=like.dtype, device=text.device)
-    return torch.cat([mask, negative_mask.to(mask.dtype).repeat(repeat, 1)], dim=1)
+        negative_mask = torch.ones(negative_shape, dtype=like.dtype, device=like.device)
+    return torch.cat([mask, negative_mask.to(mask.device, mask.dtype).repeat(repeat, 1)], dim=1)
