@@ -31,12 +31,14 @@ class JointCase:
     ids_arg: str | None = None
     pooled: tuple[str, Callable[[Any, str], torch.Tensor]] | None = None  # (denoiser argument, encoder)
     cfg: str = "separate"  # "batched": one [uncond, cond] forward; "separate": cond, then uncond forward
-    cfg_kwargs: dict = field(default_factory=lambda: {"guidance_scale": 3.0})
+    cfg_kwargs: dict | None = field(default_factory=lambda: {"guidance_scale": 3.0})  # None: the pipeline has no CFG
     denoisers: tuple[str, ...] = ("transformer",)
     per_prompt: str = "num_images_per_prompt"
     negative_lengths: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None  # (shorter, longer) embeds
     mask_spans_image: bool = False
     batch_test: bool = True  # whether the 2 prompts × 2 images test applies
+    ids_kind: str = "zeros"
+    attention_modules: tuple[str, ...] = ("attn",)
 
     def kwargs(self, **overrides) -> dict:
         return self.call_kwargs(**overrides)
@@ -112,7 +114,45 @@ def _qwen_lengths(pipe):
     return short, long
 
 
+def _hunyuan_text(pipe, text):
+    embeds, _pooled, mask = pipe.encode_prompt(text, prompt_2=None, max_sequence_length=16)
+    return embeds, mask
+
+
+def _hunyuan_pooled(pipe, text):
+    return pipe.encode_prompt(text, prompt_2=None, max_sequence_length=16)[1]
+
+
+def _hunyuan_lengths(pipe):
+    short = pipe.encode_prompt("dog", prompt_2=None, max_sequence_length=8)
+    long = pipe.encode_prompt("blurry low quality dark dog", prompt_2=None, max_sequence_length=24)
+    return short[0], long[0]
+
+
+def _flux2_text(pipe, text):
+    return pipe.encode_prompt(text, max_sequence_length=pipe._nag_test_length)[0], None
+
+
+def _flux2_lengths(pipe):
+    length = pipe._nag_test_length
+    return (
+        pipe.encode_prompt("dog", max_sequence_length=length - 8)[0],
+        pipe.encode_prompt("blurry dark dog", max_sequence_length=length + 8)[0],
+    )
+
+
+def _with_length(make, length):
+    def build():
+        pipe = make()
+        pipe._nag_test_length = length  # the max_sequence_length of the call kwargs
+        return pipe
+
+    return build
+
+
 FLUX_ATTENTION = "diffusers.models.transformers.transformer_flux"
+FLUX2_ATTENTION = "diffusers.models.transformers.transformer_flux2"
+HUNYUAN_ATTENTION = "diffusers.models.transformers.transformer_hunyuan_video"
 QWEN_ATTENTION = "diffusers.models.transformers.transformer_qwenimage"
 SDPA = ("torch.nn.functional", "scaled_dot_product_attention")
 
@@ -202,6 +242,45 @@ JOINT_CASES += [
         cfg_kwargs={"true_cfg_scale": 3.0, "negative_prompt": "ugly"},
         negative_lengths=_qwen_edit_lengths,
         batch_test=False,  # one reference image per prompt would be needed; Qwen-Image covers the batch case
+    ),
+    JointCase(
+        "hunyuan-video",
+        fj.make_hunyuan_video,
+        fj.hunyuan_video_call_kwargs,
+        "hunyuan-video",
+        _hunyuan_text,
+        HUNYUAN_ATTENTION,
+        text_first=False,
+        mask_arg="encoder_attention_mask",
+        pooled=("pooled_projections", _hunyuan_pooled),
+        cfg_kwargs={"true_cfg_scale": 3.0, "negative_prompt": "ugly"},
+        attention_modules=("transformer_blocks.*.attn", "single_transformer_blocks.*.attn"),
+        per_prompt="num_videos_per_prompt",
+        negative_lengths=_hunyuan_lengths,
+    ),
+    JointCase(
+        "flux2",
+        _with_length(fj.make_flux2, 48),
+        fj.flux2_call_kwargs,
+        "flux2",
+        _flux2_text,
+        FLUX2_ATTENTION,
+        ids_arg="txt_ids",
+        ids_kind="arange",
+        cfg_kwargs=None,
+        negative_lengths=_flux2_lengths,
+    ),
+    JointCase(
+        "flux2-klein",
+        _with_length(fj.make_flux2_klein, 32),
+        fj.flux2_klein_call_kwargs,
+        "flux2",
+        _flux2_text,
+        FLUX2_ATTENTION,
+        ids_arg="txt_ids",
+        ids_kind="arange",
+        cfg_kwargs={"guidance_scale": 3.0},
+        negative_lengths=_flux2_lengths,
     ),
 ]
 

@@ -10,6 +10,7 @@ image streams stay identical and the prompt half of the output is the NAG result
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,16 @@ import torch
 import torch.nn.functional as F
 
 from tests.integration.reference import nag_float64
+
+
+def layer_names(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Module names matching the patterns: a pattern with a dot matches the whole name (fnmatch), one without
+    the last component."""
+    return [
+        name
+        for name, _ in model.named_modules()
+        if any(fnmatch.fnmatchcase(name, p) if "." in p else name.rsplit(".", 1)[-1] == p for p in patterns)
+    ]
 
 
 def _rows(t: torch.Tensor, batch: int) -> torch.Tensor:
@@ -44,8 +55,9 @@ class JointReference:
     tau: float
     alpha: float
     extra_text: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-    attention_modules: str = "attn"  # last name component of the joint-attention modules
+    attention_modules: tuple[str, ...] = ("attn",)  # the joint-attention modules (see ``layer_names``)
     mask_spans_image: bool = False  # the mask argument covers [text; image] (Chroma), not only the text
+    ids_kind: str = "zeros"  # how the family's text position ids look: "zeros" (Flux) or "arange" (FLUX.2)
 
     def install(self, denoiser: torch.nn.Module) -> None:
         self.active = self.inside = False
@@ -55,7 +67,7 @@ class JointReference:
         denoiser.register_forward_pre_hook(self._double_batch, with_kwargs=True)
         denoiser.register_forward_hook(self._first_half)
         for name, module in denoiser.named_modules():
-            if name.rsplit(".", 1)[-1] == self.attention_modules:
+            if name in layer_names(denoiser, self.attention_modules):
                 module.register_forward_pre_hook(lambda *_: setattr(self, "inside", True))
                 module.register_forward_hook(lambda *_: setattr(self, "inside", False))
 
@@ -81,13 +93,18 @@ class JointReference:
                 image = mask[:, text.shape[1] :]
                 new = torch.cat([new, torch.cat([image, image])], dim=1)
             arguments[self.mask_arg] = new
-        if self.ids_arg:
+        if self.ids_arg and self.ids_kind == "zeros":  # Flux: (L, 3) zeros
             ids = arguments[self.ids_arg]
             arguments[self.ids_arg] = torch.cat([ids, ids.new_zeros(length - ids.shape[0], ids.shape[1])])
+        elif self.ids_arg:  # FLUX.2: (B, L, 4) with the last coordinate counting along the text
+            ids = arguments[self.ids_arg]
+            new = ids[:1, :1].expand(2 * batch, length, ids.shape[-1]).clone()
+            new[..., -1] = torch.arange(length, dtype=ids.dtype)
+            arguments[self.ids_arg] = new
         for name, (prompt_value, negative_value) in (self.extra_text or {}).items():
             arguments[name] = torch.cat([_rows(prompt_value.to(text), batch), _rows(negative_value.to(text), batch)])
         for name, value in list(arguments.items()):
-            done = (self.text_arg, self.mask_arg, *(self.extra_text or {}))
+            done = (self.text_arg, self.mask_arg, self.ids_arg, *(self.extra_text or {}))
             if name not in done and isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch:
                 arguments[name] = torch.cat([value, value])
         self.batch, self.text_length, self.active = batch, length, True

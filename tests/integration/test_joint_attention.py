@@ -10,7 +10,7 @@ from peft import LoraConfig, inject_adapter_in_model
 import nag_guidance as nag
 from tests.integration.helpers import ForwardRecorder, denoiser_flops, generate, hook_snapshot, relative_diff
 from tests.integration.joint_cases import JOINT_CASES
-from tests.integration.joint_reference import JointReference
+from tests.integration.joint_reference import JointReference, layer_names
 
 NAG = dict(nag_scale=5.0, nag_tau=2.5, nag_alpha=0.5, nag_start=0.0, nag_end=1.0)
 NEGATIVE = "blurry dog"
@@ -52,6 +52,8 @@ def reference(case, negative, prompts=PROMPT, per_prompt=1, negative_pooled=Fals
         NAG["nag_alpha"],
         extra_text=extra,
         mask_spans_image=case.mask_spans_image,
+        ids_kind=case.ids_kind,
+        attention_modules=case.attention_modules,
     )
     ref.install(getattr(pipe, case.denoisers[0]))
     try:
@@ -78,7 +80,7 @@ def test_2_equals_slow_reference_in_every_block(case):
     expected, ref = reference(case, NEGATIVE)
     assert relative_diff(guided, expected) <= 1e-5
     assert relative_diff(guided, stock) > 1e-3
-    modules = [n for n, m in getattr(pipe, case.denoisers[0]).named_modules() if n.rsplit(".", 1)[-1] == "attn"]
+    modules = layer_names(getattr(pipe, case.denoisers[0]), case.attention_modules)
     assert report.layers_guided == len(modules)  # single-stream blocks included
     assert ref.guided_calls == len(modules) * report.steps_total
 
@@ -105,6 +107,7 @@ def test_4_batch_two_by_two(case):
     assert relative_diff(guided, expected) <= 1e-5
 
 
+@pytest.mark.parametrize("case", [c for c in JOINT_CASES if c.cfg_kwargs], ids=lambda c: c.id)
 def test_3_cfg_and_true_cfg_passes_are_unguided(case):
     def first_step_outputs(pipe, **nag_args):
         recorder = ForwardRecorder([getattr(pipe, case.denoisers[0])])

@@ -8,6 +8,7 @@ and processor wrappers that keep the wrapped processor reachable and its signatu
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -162,16 +163,23 @@ def wrapper_for(base: type[ProcessorWrapper], processor: Any, state: NAGState, l
     return cls(processor, state, layer)
 
 
+def matches_layer(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a module name is one of the family's text-attention layers: a pattern with a dot is matched
+    against the whole name (``fnmatch``), one without against the name's last component."""
+    last = name.rsplit(".", 1)[-1]
+    return any(fnmatch.fnmatchcase(name, p) if "." in p else last == p for p in patterns)
+
+
 def wrap_processors(
     model: torch.nn.Module, names: tuple[str, ...], base: type[ProcessorWrapper], state: NAGState, prefix: str
 ) -> tuple[list[str], Callable[[], None]]:
-    """Wrap the processor of every attention module whose last name component is in ``names``.
+    """Wrap the processor of every attention module whose name matches ``names`` (see ``matches_layer``).
 
     Returns the wrapped layer names and the undo, which puts the original processor objects back.
     """
     originals: list[tuple[torch.nn.Module, Any]] = []
     for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in names and hasattr(module, "processor"):
+        if matches_layer(name, names) and hasattr(module, "processor"):
             originals.append((module, module.processor))
 
     def undo() -> None:
@@ -181,7 +189,7 @@ def wrap_processors(
     wrapped = []
     try:
         for name, module in model.named_modules():
-            if name.rsplit(".", 1)[-1] in names and hasattr(module, "processor"):
+            if matches_layer(name, names) and hasattr(module, "processor"):
                 set_processor(module, wrapper_for(base, module.processor, state, f"{prefix}.{name}"))
                 wrapped.append(f"{prefix}.{name}")
     except Exception:

@@ -199,7 +199,9 @@ class _NAGPipelineMixin:
                 call_args[name] = False
             elif name in _IMAGES_PER_PROMPT:
                 call_args[name] = 1
-            elif name.startswith(("negative_", "prompt_")) or name.endswith(("_embeds", "_mask")):
+            elif (
+                name in ("prompt_2", "prompt_3") or name.startswith("negative_") or name.endswith(("_embeds", "_mask"))
+            ):
                 call_args[name] = None
         values = _named(session.family, encode(**call_args))
         return NegativeText(values["embeds"], values.get("mask"))

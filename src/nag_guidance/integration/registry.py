@@ -24,9 +24,9 @@ class Family:
     """What NAG needs to know about one architecture family.
 
     ``encode_returns`` names the elements of the tuple ``encode_prompt`` returns: "embeds"/"mask" (the prompt),
-    "uncond"/"uncond_mask" (the pipeline's CFG negative), anything else is ignored. ``attention`` is the last
-    component of the module names of the text-attention layers (e.g. "attn2"). ``extra`` holds
-    mechanism-specific settings.
+    "uncond"/"uncond_mask" (the pipeline's CFG negative), anything else is ignored. ``attention`` names the
+    text-attention layers: the last component of their module names (e.g. "attn2") or, with a dot, an
+    ``fnmatch`` pattern of the whole name. ``extra`` holds mechanism-specific settings.
     """
 
     name: str

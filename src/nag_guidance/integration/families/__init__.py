@@ -1,5 +1,16 @@
 """One module per architecture family; importing this package registers them all."""
 
-from nag_guidance.integration.families import chroma, flux, ltx, pixart, qwen_image, sd3, stable_diffusion, wan
+from nag_guidance.integration.families import (
+    chroma,
+    flux,
+    flux2,
+    hunyuan_video,
+    ltx,
+    pixart,
+    qwen_image,
+    sd3,
+    stable_diffusion,
+    wan,
+)
 
-__all__ = ["chroma", "flux", "ltx", "pixart", "qwen_image", "sd3", "stable_diffusion", "wan"]
+__all__ = ["chroma", "flux", "flux2", "hunyuan_video", "ltx", "pixart", "qwen_image", "sd3", "stable_diffusion", "wan"]

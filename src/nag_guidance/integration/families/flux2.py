@@ -1,0 +1,39 @@
+"""FLUX.2 (dev, Klein): dual-stream then single-stream blocks ([text; image]); the single blocks' output
+projection takes [attention; MLP], and NAG acts on the attention part before it.
+
+FLUX.2 text tokens carry 4-D position ids (t, h, w, l) with l counting along the text, so the negative's tokens
+get the ids they would have alone: the prompt's first id, with l restarting at 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nag_guidance.integration import joint_attention
+from nag_guidance.integration.joint_attention import JointLayout
+from nag_guidance.integration.registry import Family, register
+from nag_guidance.integration.state import ForwardPlan, NegativeText
+
+
+def extend_text_ids(arguments: dict[str, Any], plan: ForwardPlan, negative: NegativeText) -> None:
+    ids = arguments["txt_ids"]  # (B, L, 4) or (L, 4)
+    first = ids[..., :1, :]
+    extra = first.expand(*first.shape[:-2], plan.negative_length, ids.shape[-1]).clone()
+    extra[..., -1] = torch.arange(plan.negative_length, device=ids.device, dtype=ids.dtype)
+    arguments["txt_ids"] = torch.cat([ids, extra], dim=-2)
+
+
+FLUX2 = register(
+    Family(
+        name="flux2",
+        pipelines=("Flux2Pipeline", "Flux2KleinPipeline"),
+        install=joint_attention.install,
+        preset="generic",
+        encode_returns=("embeds", "ids"),
+        mask_arg=None,
+        attention=("attn",),
+        extra={"layout": JointLayout("dispatch", text_first=True), "extend_inputs": extend_text_ids},
+    )
+)
