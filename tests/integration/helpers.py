@@ -12,6 +12,7 @@ PROMPT = "a red car"
 
 def generate(pipe: Any, case: Any, prompt: Any = PROMPT, nag: dict | None = None, **call: Any) -> torch.Tensor:
     """The pipeline's first output (latents) for a fixed seed; ``nag`` holds the ``nag_*`` arguments."""
+    prompt = list(prompt) if isinstance(prompt, list) else prompt  # some pipelines rewrite the list in place
     out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(0), **case.kwargs(**call), **(nag or {}))
     return out[0]
 
@@ -24,21 +25,36 @@ def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def first_tensor(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
+    if isinstance(output, list) and output and all(isinstance(t, torch.Tensor) for t in output):
+        return torch.stack(output)  # per-sample lists (Z-Image)
     if isinstance(output, (tuple, list)):
         return first_tensor(output[0])
     return output[0]
 
 
-def denoiser_flops(pipe: Any, case: Any, nag: dict | None = None, **call: Any) -> dict[str, int]:
-    """FLOPs of one generation spent in the denoiser(s) ("total") and in the text-attention query projections."""
-    roots = {type(getattr(pipe, attr)).__name__ for attr in case.denoisers if getattr(pipe, attr, None) is not None}
+def flops_per_forward(pipe: Any, case: Any, nag: dict | None = None, **call: Any) -> list[int]:
+    """FLOPs spent up to the end of each denoiser forward since the end of the previous one (the first one also
+    counts the text encoding), for one generation."""
+    marks: list[int] = []
+    with FlopCounterMode(display=False) as mode:
+        handles = [
+            getattr(pipe, attr).register_forward_hook(lambda *_: marks.append(mode.get_total_flops()))
+            for attr in case.denoisers
+            if getattr(pipe, attr, None) is not None
+        ]
+        try:
+            generate(pipe, case, nag=nag, **call)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return [b - a for a, b in zip([0, *marks], marks, strict=False)]
+
+
+def query_projection_flops(pipe: Any, case: Any, nag: dict | None = None, **call: Any) -> int:
+    """FLOPs of one generation spent in the text-attention layers' query projections."""
     with FlopCounterMode(display=False) as mode:
         generate(pipe, case, nag=nag, **call)
-    counts = mode.get_flop_counts()
-    return {
-        "total": sum(sum(ops.values()) for name, ops in counts.items() if name in roots),
-        "to_q": sum(sum(ops.values()) for name, ops in counts.items() if name.endswith("attn2.to_q")),
-    }
+    return sum(sum(ops.values()) for name, ops in mode.get_flop_counts().items() if name.endswith("attn2.to_q"))
 
 
 class ForwardRecorder:

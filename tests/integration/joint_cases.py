@@ -150,6 +150,18 @@ def _with_length(make, length):
     return build
 
 
+def _zimage_text(pipe, text):
+    rows = pipe.encode_prompt(text, do_classifier_free_guidance=False, max_sequence_length=64)[0]
+    return rows, None
+
+
+def _zimage_lengths(pipe):
+    """Embeds of a shorter and a longer negative (the prompt's caption pads to 32 tokens; so do these)."""
+    short = pipe.encode_prompt("dog", do_classifier_free_guidance=False, max_sequence_length=64)[0][0]
+    long = pipe.encode_prompt("a blurry dark dog", do_classifier_free_guidance=False, max_sequence_length=64)[0][0]
+    return short[None], long[None]
+
+
 FLUX_ATTENTION = "diffusers.models.transformers.transformer_flux"
 FLUX2_ATTENTION = "diffusers.models.transformers.transformer_flux2"
 HUNYUAN_ATTENTION = "diffusers.models.transformers.transformer_hunyuan_video"
@@ -281,6 +293,20 @@ JOINT_CASES += [
         ids_kind="arange",
         cfg_kwargs={"guidance_scale": 3.0},
         negative_lengths=_flux2_lengths,
+    ),
+    JointCase(
+        "z-image",
+        fj.make_zimage,
+        fj.zimage_call_kwargs,
+        "z-image",
+        _zimage_text,
+        "diffusers.models.transformers.transformer_z_image",
+        text_first=False,
+        text_arg="cap_feats",
+        cfg="batched-cond-first",
+        cfg_kwargs={"guidance_scale": 3.0},
+        negative_lengths=_zimage_lengths,
+        attention_modules=("layers.*.attention",),
     ),
 ]
 

@@ -62,6 +62,7 @@ class JointReference:
     def install(self, denoiser: torch.nn.Module) -> None:
         self.active = self.inside = False
         self.guided_calls = 0
+        self.image_tokens = None
         self.original = getattr(self.attention_owner, self.attention_name)
         setattr(self.attention_owner, self.attention_name, self._attention)
         denoiser.register_forward_pre_hook(self._double_batch, with_kwargs=True)
@@ -80,6 +81,8 @@ class JointReference:
         bound = inspect.signature(type(module).forward).bind(module, *args, **kwargs)
         arguments = bound.arguments
         text = arguments[self.text_arg]
+        if isinstance(text, list):  # Z-Image: per-sample lists, image tokens first, the model pads and masks
+            return self._double_lists(bound, text)
         batch = text.shape[0]
         length = max(self.prompt_text[0].shape[1], self.negative_text[0].shape[1])
         halves = [self._padded(self.prompt_text, length, text), self._padded(self.negative_text, length, text)]
@@ -110,6 +113,20 @@ class JointReference:
         self.batch, self.text_length, self.active = batch, length, True
         return bound.args[1:], bound.kwargs
 
+    def _double_lists(self, bound, captions):
+        arguments = bound.arguments
+        batch = len(captions)
+        negatives = [row for row in self.negative_text[0]]
+        negatives = negatives * batch if len(negatives) == 1 else negatives
+        arguments[self.text_arg] = list(captions) + [n.to(captions[0]) for n in negatives]
+        arguments["x"] = list(arguments["x"]) + list(arguments["x"])
+        arguments["t"] = torch.cat([arguments["t"], arguments["t"]])
+        channels, frames, height, width = arguments["x"][0].shape
+        tokens = frames * (height // 2) * (width // 2)
+        self.image_tokens = tokens + (-tokens) % 32
+        self.batch, self.active = batch, True
+        return bound.args[1:], bound.kwargs
+
     @staticmethod
     def _padded(text, length, like):
         """(embeds, which tokens exist, the model's own mask) padded to ``length``; the padding we add here is
@@ -123,6 +140,8 @@ class JointReference:
     def _first_half(self, module, args, output):
         self.active = False
         first = output[0] if isinstance(output, (tuple, list)) else output.sample
+        if isinstance(first, list):
+            return (first[: self.batch],)
         half = first[: self.batch]
         return (half,) if isinstance(output, (tuple, list)) else type(output)(sample=half)
 
@@ -132,11 +151,15 @@ class JointReference:
         if not (self.active and self.inside) or query.shape[0] != 2 * self.batch:
             return self.original(query, key, value, attn_mask, *args, **kwargs)
         q, k, v = (t.transpose(1, 2) if self.bshd else t for t in (query, key, value))  # (2B, H, S, D)
-        total, length = q.shape[2], self.text_length
-        text = slice(0, length) if self.text_first else slice(total - length, total)
-        image = slice(length, total) if self.text_first else slice(0, total - length)
+        total = q.shape[2]
         keep = torch.ones(q.shape[0], total, dtype=torch.bool)
-        keep[:, text] = self.key_mask
+        if self.image_tokens is not None:
+            image = slice(0, self.image_tokens)
+        else:
+            length = self.text_length
+            text = slice(0, length) if self.text_first else slice(total - length, total)
+            image = slice(length, total) if self.text_first else slice(0, total - length)
+            keep[:, text] = self.key_mask
         bias = torch.zeros(q.shape[0], 1, 1, total, dtype=torch.float64).masked_fill(~keep[:, None, None], -torch.inf)
         if attn_mask is not None:
             bias = bias + (

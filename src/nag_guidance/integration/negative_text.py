@@ -46,7 +46,8 @@ def install(pipe: Any, family: Family, state: NAGState, wrapper: type[ProcessorW
                     f"{type(model).__name__} (pipe.{attr}) has no attention layers named "
                     f"{' or '.join(family.attention)}: NAG cannot be installed on it"
                 )
-            undo.append(add_denoiser_hooks(model, _append_negative(pipe, family, state), state))
+            make_hook = family.extra.get("denoiser_hook", _append_negative)
+            undo.append(add_denoiser_hooks(model, make_hook(pipe, family, state), state))
             undo.append(track_cache_context(model, state))
     except Exception:
         for action in reversed(undo):

@@ -62,7 +62,7 @@ def apply(pipe: Any, preset: str | None = None, **defaults: float) -> Any:
     if session is not None:
         session.defaults = config
         return pipe
-    state = NAGState(family.name)
+    state = NAGState(family.name, cond_first=family.cfg_cond_first)
     undo = family.install(pipe, family, state)
     base = type(pipe)
     pipe.__class__ = _applied_class(base)
@@ -153,9 +153,9 @@ class _NAGPipelineMixin:
             reason = "scale is 1" if config.scale == 1.0 else "alpha is 0"
             self.nag_report = inactive_report(family, config, f"{reason}: ran the stock pipeline")
             return super().__call__(*args, **kwargs)
-        _check_batch(super().__call__, args, kwargs, negative)
+        prompt_rows = _check_batch(super().__call__, args, kwargs, negative)
         state = session.state
-        state.begin_call(config, negative if isinstance(negative, NegativeText) else None)
+        state.begin_call(config, negative if isinstance(negative, NegativeText) else None, prompt_rows)
         state.call.scratch["negative_prompt"] = negative
         try:
             return super().__call__(*args, **kwargs)
@@ -240,15 +240,17 @@ def _check_negative(
     return NegativeText(embeds, mask)
 
 
-def _check_batch(call: Any, args: tuple, kwargs: dict, negative: tuple[str, ...] | NegativeText) -> None:
-    """One negative for all prompts, or one per prompt: checked against ``prompt`` before any compute."""
+def _check_batch(call: Any, args: tuple, kwargs: dict, negative: tuple[str, ...] | NegativeText) -> int | None:
+    """One negative for all prompts, or one per prompt: checked against ``prompt`` before any compute. Returns
+    the number of prompt rows (prompts × images per prompt) when the arguments tell it."""
     count = len(negative) if isinstance(negative, tuple) else negative.embeds.shape[0]
-    if count == 1:
-        return
     try:
-        prompt = inspect.signature(call).bind_partial(*args, **kwargs).arguments.get("prompt")
+        bound = inspect.signature(call).bind_partial(*args, **kwargs)
     except TypeError:
-        return  # the stock call will report its own argument error
+        return None  # the stock call will report its own argument error
+    prompt = bound.arguments.get("prompt")
     prompts = 1 if isinstance(prompt, str) else len(prompt) if isinstance(prompt, (list, tuple)) else None
-    if prompts is not None and count != prompts:
+    if prompts is not None and count not in (1, prompts):
         raise ValueError(f"got {count} NAG negatives for {prompts} prompt(s): give one, or one per prompt")
+    per_prompt = next((bound.arguments[name] for name in _IMAGES_PER_PROMPT if name in bound.arguments), 1)
+    return prompts * per_prompt if prompts is not None and isinstance(per_prompt, int) else None

@@ -39,6 +39,7 @@ class Family:
     mask_arg: str | None = "encoder_attention_mask"
     timestep_arg: str = "timestep"
     attention: tuple[str, ...] = ("attn2",)
+    cfg_cond_first: bool = False  # the pipeline batches CFG as [cond, uncond] instead of diffusers' usual order
     extra: dict[str, Any] = field(default_factory=dict)
 
     def preset_for(self, pipe: Any) -> str:

@@ -87,6 +87,7 @@ class CallInfo:
     num_steps: int | None = None
     step_index: int = -1
     last_timestep: float | None = None
+    prompt_rows: int | None = None  # prompts × images per prompt, when the call's arguments say so
     cond_embeds: Any = None  # the prompt embeddings the pipeline encoded (captured from encode_prompt)
     uncond_embeds: Any = None  # the pipeline's own CFG negative embeddings (captured), if any
     context: str | None = None  # diffusers cache_context name of the current denoiser call
@@ -107,15 +108,16 @@ class CallInfo:
 class NAGState:
     """Mutable state of one applied pipeline (see the module docstring)."""
 
-    def __init__(self, family: str) -> None:
+    def __init__(self, family: str, cond_first: bool = False) -> None:
         self.family = family
+        self.cond_first = cond_first  # the family batches CFG as [cond, uncond]
         self.call: CallInfo | None = None
         self.forward: ForwardPlan | None = None
 
     # -- call lifetime -------------------------------------------------------------------------
 
-    def begin_call(self, config: NAGConfig, negative: NegativeText | None) -> None:
-        self.call = CallInfo(config=config, negative=negative)
+    def begin_call(self, config: NAGConfig, negative: NegativeText | None, prompt_rows: int | None = None) -> None:
+        self.call = CallInfo(config=config, negative=negative, prompt_rows=prompt_rows)
         self.forward = None
 
     def end_call(self) -> CallInfo | None:
@@ -155,7 +157,7 @@ class NAGState:
 
         Rules, in order: outside a NAG call or the step window -> none; a ``cache_context`` other than
         "cond"/"cond_uncond" -> none. Batch 2N with N prompt rows -> rows N..2N (diffusers' [uncond, cond] CFG
-        batch). Batch N -> one branch of a pipeline that calls the denoiser once per branch: guided unless the
+        batch; rows 0..N for families that batch [cond, uncond]). Batch N -> one branch of a pipeline that calls the denoiser once per branch: guided unless the
         text input is the pipeline's own CFG negative (by identity, then by value). Any other layout -> none,
         with a note in the report.
         """
@@ -168,9 +170,9 @@ class NAGState:
             return None
         if call.context not in GUIDED_CONTEXTS:
             return None
-        cond = call.cond_embeds.shape[0] if isinstance(call.cond_embeds, torch.Tensor) else None
+        cond = call.cond_embeds.shape[0] if isinstance(call.cond_embeds, torch.Tensor) else call.prompt_rows
         if cond is not None and batch == 2 * cond and call.context != "cond":
-            rows = slice(cond, batch)
+            rows = slice(0, cond) if self.cond_first else slice(cond, batch)
         elif cond is None or batch == cond:
             if call.context is None and self._is_uncond(text):
                 return None

@@ -11,6 +11,19 @@ from nag_guidance.integration.families import (
     sd3,
     stable_diffusion,
     wan,
+    z_image,
 )
 
-__all__ = ["chroma", "flux", "flux2", "hunyuan_video", "ltx", "pixart", "qwen_image", "sd3", "stable_diffusion", "wan"]
+__all__ = [
+    "chroma",
+    "flux",
+    "flux2",
+    "hunyuan_video",
+    "ltx",
+    "pixart",
+    "qwen_image",
+    "sd3",
+    "stable_diffusion",
+    "wan",
+    "z_image",
+]

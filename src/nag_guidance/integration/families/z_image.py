@@ -1,0 +1,135 @@
+"""Z-Image (Turbo): one single-stream transformer over [image; caption], fed with per-sample lists.
+
+The caption takes a path of its own before the main layers — padded to a multiple of 32 with a learned pad
+token, position ids (1 + l, 0, 0), a "context refiner" in which caption tokens attend to each other — and the
+image's position ids start after the padded caption. So the negative cannot simply ride on the caption list:
+its caption is refined separately with the model's own modules (it does not depend on the timestep, so once
+per call), and appended to the unified sequence of the main layers, where the guided attention sees
+[image | prompt caption | negative caption]. The image keeps the prompt's positions: the queries are the
+prompt branch's, as NAG wants. The pipeline batches CFG as [cond, uncond]. Omni (image-conditioned) mode is
+left unguided.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nag_guidance.integration import joint_attention
+from nag_guidance.integration.hooks import bind_forward
+from nag_guidance.integration.joint_attention import JointLayout
+from nag_guidance.integration.registry import Family, Undo, register
+from nag_guidance.integration.state import NAGState
+
+
+def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
+    undo = joint_attention.install(pipe, family, state)
+    model = pipe.transformer
+    original = model._build_unified_sequence
+
+    def build_unified_sequence(*args: Any, **kwargs: Any):
+        unified, freqs, mask, noise = original(*args, **kwargs)
+        plan = state.forward
+        if plan is None or "negative_caption" not in plan.extras:
+            return unified, freqs, mask, noise
+        return (*_append_caption(plan, unified, freqs, mask, kwargs.get("x_seqlens") or args[2]), noise)
+
+    model._build_unified_sequence = build_unified_sequence
+
+    def undo_build() -> None:
+        del model._build_unified_sequence
+
+    return [*undo, undo_build]
+
+
+def _plan_forward(pipe: Any, family: Family, state: NAGState):
+    """Denoiser pre-hook: plan the forward and prepare the refined negative caption; inputs stay as they are."""
+
+    def pre_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        call = state.call
+        if call is None:
+            return
+        arguments = bind_forward(module, args, kwargs).arguments
+        images, captions = arguments["x"], arguments["cap_feats"]
+        if isinstance(images[0], list):
+            call.note("Z-Image omni (image-conditioned) mode is not guided")
+            return
+        if call.num_steps is None:
+            call.num_steps = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
+        plan = state.plan_forward(len(images), captions, arguments["t"])
+        if plan is None:
+            return
+        key = (plan.rows.start, plan.rows.stop, plan.batch)
+        if key not in call.scratch:
+            call.scratch[key] = _refined_negative(module, call.negative, plan, captions[0])
+        plan.extras["negative_caption"] = call.scratch[key]
+
+    return pre_forward
+
+
+def _refined_negative(model: torch.nn.Module, negative: Any, plan: Any, like: torch.Tensor):
+    """The negative caption of every guided row through the model's caption path: (features, rotary, mask)."""
+    embeds = list(negative.embeds) if isinstance(negative.embeds, torch.Tensor) else list(negative.embeds)
+    count = plan.rows.stop - plan.rows.start
+    if count % len(embeds):
+        raise ValueError(f"the NAG negative has {len(embeds)} rows, which does not divide the {count} prompt rows")
+    rows = [embeds[i * len(embeds) // count].to(like) for i in range(count)]
+    device = like.device
+    padded, positions, pads = [], [], []
+    for feat in rows:
+        length = len(feat) + (-len(feat)) % 32
+        out, ids, pad, _, _ = model._pad_with_ids(feat, (length, 1, 1), (1, 0, 0), device)
+        padded.append(out)
+        positions.append(ids)
+        pads.append(pad)
+    lengths = [len(p) for p in padded]
+    features = model.cap_embedder(torch.cat(padded, dim=0))
+    features, freqs, mask, _, _ = model._prepare_sequence(
+        list(features.split(lengths, dim=0)), positions, pads, model.cap_pad_token, None, device
+    )
+    for layer in model.context_refiner:
+        features = layer(features, mask, freqs)
+    if mask is None:
+        mask = torch.ones(features.shape[:2], dtype=torch.bool, device=device)
+    return features, freqs, mask
+
+
+def _append_caption(plan: Any, unified, freqs, mask, image_lengths: list[int]):
+    """Put the negative caption after the unified [image; caption] sequence of every row (zeros, masked, on the
+    rows that are not guided), and tell the guided attention where each segment is."""
+    features, negative_freqs, negative_mask = plan.extras["negative_caption"]
+    batch, total = unified.shape[:2]
+    rows, length = plan.rows, features.shape[1]
+    extra = unified.new_zeros(batch, length, unified.shape[2])
+    extra[rows] = features.to(unified.dtype)
+    extra_freqs = freqs.new_zeros(batch, length, *freqs.shape[2:])
+    extra_freqs[rows] = negative_freqs.to(freqs.dtype)
+    extra_mask = torch.zeros(batch, length, dtype=torch.bool, device=unified.device)
+    extra_mask[rows] = negative_mask.bool()
+    full_mask = torch.ones(batch, total, dtype=torch.bool, device=unified.device) if mask is None else mask.bool()
+    images = image_lengths[0]
+    plan.text_length, plan.negative_length = total - images, length
+    plan.extras["text_key_masks"] = (full_mask[:, images:], extra_mask)
+    return (
+        torch.cat([unified, extra], dim=1),
+        torch.cat([freqs, extra_freqs], dim=1),
+        torch.cat([full_mask, extra_mask], dim=1),
+    )
+
+
+Z_IMAGE = register(
+    Family(
+        name="z-image",
+        pipelines=("ZImagePipeline", "ZImageImg2ImgPipeline"),
+        install=install,
+        preset="generic",
+        encode_returns=("embeds", "uncond"),
+        text_arg="cap_feats",
+        mask_arg=None,
+        timestep_arg="t",
+        attention=("layers.*.attention",),
+        cfg_cond_first=True,
+        extra={"layout": JointLayout("dispatch", text_first=False), "denoiser_hook": _plan_forward},
+    )
+)
