@@ -157,9 +157,9 @@ class NAGState:
 
         Rules, in order: outside a NAG call or the step window -> none; a ``cache_context`` other than
         "cond"/"cond_uncond" -> none. Batch 2N with N prompt rows -> rows N..2N (diffusers' [uncond, cond] CFG
-        batch; rows 0..N for families that batch [cond, uncond]). Batch N -> one branch of a pipeline that calls the denoiser once per branch: guided unless the
-        text input is the pipeline's own CFG negative (by identity, then by value). Any other layout -> none,
-        with a note in the report.
+        batch; rows 0..N for families that batch [cond, uncond]). Batch N -> one branch of a pipeline that calls
+        the denoiser once per branch: guided unless the text input is the pipeline's own CFG negative (by
+        identity, then by value). Any other layout -> none, with a note in the report.
         """
         self.forward = None
         call = self.call
