@@ -2,7 +2,7 @@
 
 For one query, attention over keys A ∪ B is the average of attention over A and over B weighted by each set's
 softmax mass: with lse = log Σ exp(scores), out = out_A·exp(lse_A − lse) + out_B·exp(lse_B − lse) where
-lse = logaddexp(lse_A, lse_B). NAG's joint-attention path uses it to share the image×image attention between
+lse = logaddexp(lse_A, lse_B), i.e. a lerp from out_A to out_B by sigmoid(lse_B − lse_A). NAG's joint-attention path uses it to share the image×image attention between
 the prompt and negative branches.
 
 Tensors are (B, H, S, D). The log-sum-exp comes from PyTorch's fused kernels where they provide it (CPU flash,
@@ -47,13 +47,19 @@ def attention_with_lse(
     return _plain(q, k, v, mask, scale)
 
 
-def merge_attention(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Attention over the union of two key sets from each set's (output, lse); in fp32, cast back."""
+def merge_attention(
+    a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor], into: torch.Tensor
+) -> torch.Tensor:
+    """Attention over the union of two key sets, from each set's (output, lse), written into ``into``.
+
+    out = out_a + w·(out_b − out_a) with w = exp(lse_b − logaddexp(lse_a, lse_b)) = sigmoid(lse_b − lse_a): one
+    fused ``lerp``. Low-precision outputs are merged in fp32.
+    """
     (out_a, lse_a), (out_b, lse_b) = a, b
-    lse = torch.logaddexp(lse_a, lse_b)
-    weight_a = torch.exp(lse_a - lse).unsqueeze(-1)
-    weight_b = torch.exp(lse_b - lse).unsqueeze(-1)
-    return (out_a.float() * weight_a + out_b.float() * weight_b).to(out_a.dtype)
+    weight = torch.sigmoid(lse_b - lse_a).unsqueeze(-1)
+    if out_a.dtype == torch.float32:
+        return torch.lerp(out_a, out_b, weight, out=into)
+    return into.copy_(torch.lerp(out_a.float(), out_b.float(), weight))
 
 
 def _kernel(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -12,7 +12,8 @@ attention function is intercepted and replaced by ``guided_joint_attention``:
 - prompt-text queries attend to [prompt text; image], negative-text queries to [negative text; image];
 - image queries attend to both key sets, giving Z+ and Z-. Attention over a union of key sets is the
   log-sum-exp-weighted merge of attention over each set, so the image×image part — the expensive one — is
-  computed once and shared; only the short image×text parts are computed per branch;
+  computed once and shared; only the short image×text parts are computed per branch (the parts run on
+  PyTorch's fused attention kernels, not on the processor's configured diffusers backend);
 - on the conditional rows the image outputs become NAG(Z+, Z-), before the processor's output projection.
 
 The negative's text tokens are modulated with the prompt rows' embedding (timestep + the prompt's pooled
@@ -96,22 +97,13 @@ class _GuidedCall:
         self.done = True
         bhsd = self.layout.function == "sdpa"
         q, k, v = (t if bhsd else t.transpose(1, 2) for t in (query, key, value))
-        scale = kwargs.get("scale")
-
-        def stock(q_, k_, v_, mask_):
-            out = original(*(t if bhsd else t.transpose(1, 2) for t in (q_, k_, v_)), mask_, *args, **kwargs)
-            return out if bhsd else out.transpose(1, 2)
-
-        out = guided_joint_attention(q, k, v, attn_mask, self.plan, self.layout.text_first, scale, stock, self._guide)
-        return out if bhsd else out.transpose(1, 2)
-
-    def _guide(self, z_pos: torch.Tensor, z_neg: torch.Tensor) -> torch.Tensor:
-        """NAG over merged heads: (B, H, N, D) → (B, N, H·D) and back."""
-        b, h, n, d = z_pos.shape
-        merged = self.state.guide(
-            self.layer, z_pos.transpose(1, 2).reshape(b, n, h * d), z_neg.transpose(1, 2).reshape(b, n, h * d)
+        out = guided_joint_attention(
+            q, k, v, attn_mask, self.plan, self.layout.text_first, kwargs.get("scale"), self._guide
         )
-        return merged.reshape(b, n, h, d).transpose(1, 2)
+        return out.transpose(1, 2) if bhsd else out
+
+    def _guide(self, z_pos: torch.Tensor, z_neg: torch.Tensor) -> None:
+        self.state.guide_(self.layer, z_pos, z_neg)
 
 
 def guided_joint_attention(
@@ -122,13 +114,17 @@ def guided_joint_attention(
     plan: ForwardPlan,
     text_first: bool,
     scale: float | None,
-    stock: Callable,
-    guide: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    guide_: Callable[[torch.Tensor, torch.Tensor], None],
 ) -> torch.Tensor:
-    """Joint attention over [prompt text | negative text | image] (B, H, S, D) with NAG on the image queries of
-    the conditional rows; see the module docstring. ``stock(q, k, v, mask)`` is the processor's own attention
-    function, used where no log-sum-exp is needed."""
-    total = q.shape[2]
+    """Joint attention over [prompt text | negative text | image] with NAG on the image queries of the
+    conditional rows; see the module docstring.
+
+    ``q``, ``k``, ``v`` are (B, H, S, D); the result is (B, S, H, D), i.e. heads already next to each other per
+    token, so that ``guide_(z_pos, z_neg)`` gets (rows, N, H·D) views and guides Z+ in place. Every part is
+    computed by ``attention_with_lse`` and merged by log-sum-exp weight: no key/value concatenation, and the
+    image×image part is computed once.
+    """
+    batch, heads, total, dim = q.shape
     n_pos, n_neg = plan.text_length, plan.negative_length
     n_img = total - n_pos - n_neg
     start = 0 if text_first else n_img
@@ -138,40 +134,32 @@ def guided_joint_attention(
     rows = plan.rows
     text_masks = plan.extras.get("text_key_masks")
     if text_masks is not None:  # the family knows the text padding better than the model's joint mask
-        image_keys = torch.ones(q.shape[0], n_img, dtype=torch.bool, device=q.device)
+        image_keys = torch.ones(batch, n_img, dtype=torch.bool, device=q.device)
         parts = [text_masks[0].bool(), text_masks[1].bool()]
         parts = [*parts, image_keys] if text_first else [image_keys, *parts]
         mask = torch.cat(parts, dim=1)[:, None, None, :]
 
-    def keys(text: slice, r: slice = slice(None)):
-        return torch.cat([k[r, :, text], k[r, :, img]], 2), torch.cat([v[r, :, text], v[r, :, img]], 2)
+    def attend(queries: slice, keys: slice, r: slice = slice(None)):
+        m = None
+        if mask is not None:
+            m = mask if mask.shape[0] == 1 else mask[r]
+            m = m if m.shape[-2] == 1 else m[..., queries, :]
+            m = m[..., keys]
+        return attention_with_lse(q[r, :, queries], k[r, :, keys], v[r, :, keys], m, scale)
 
-    def sub_mask(q_part: slice, k_parts: tuple[slice, ...], r: slice = slice(None)):
-        if mask is None:
-            return None
-        m = mask if mask.shape[0] == 1 else mask[r]
-        m = m if m.shape[-2] == 1 else m[..., q_part, :]
-        return torch.cat([m[..., part] for part in k_parts], -1)
-
-    out = torch.empty_like(q)
-    # prompt text: the stock computation restricted to its own key set
-    k_pos, v_pos = keys(pos)
-    out[:, :, pos] = stock(q[:, :, pos], k_pos, v_pos, sub_mask(pos, (pos, img)))
-    # image: shared image×image part, merged with each branch's image×text part
-    q_img = q[:, :, img]
-    shared = attention_with_lse(q_img, k[:, :, img], v[:, :, img], sub_mask(img, (img,)), scale)
-    z_pos = merge_attention(shared, attention_with_lse(q_img, k[:, :, pos], v[:, :, pos], sub_mask(img, (pos,)), scale))
+    out = q.new_empty(batch, total, heads, dim)
+    # prompt text: attention over [prompt text; image]
+    merge_attention(attend(pos, pos), attend(pos, img), into=out[:, pos].transpose(1, 2))
+    # image: the image×image part once, merged with each branch's image×text part
+    shared = attend(img, img)
+    merge_attention(shared, attend(img, pos), into=out[:, img].transpose(1, 2))
+    z_neg = q.new_empty(rows.stop - rows.start, n_img, heads, dim)
     shared_rows = (shared[0][rows], shared[1][rows])
-    z_neg = merge_attention(
-        shared_rows,
-        attention_with_lse(q_img[rows], k[rows, :, neg], v[rows, :, neg], sub_mask(img, (neg,), rows), scale),
-    )
-    out[:, :, img] = z_pos
-    out[rows, :, img] = guide(z_pos[rows], z_neg)
+    merge_attention(shared_rows, attend(img, neg, rows), into=z_neg.transpose(1, 2))
+    guide_(out[rows, img].flatten(2), z_neg.flatten(2))
     # negative text (conditional rows only; the other rows' negative segment is never read)
-    k_neg, v_neg = keys(neg, rows)
-    out[:, :, neg] = 0
-    out[rows, :, neg] = stock(q[rows, :, neg], k_neg, v_neg, sub_mask(neg, (neg, img), rows))
+    out[:, neg] = 0
+    merge_attention(attend(neg, neg, rows), attend(neg, img, rows), into=out[rows, neg].transpose(1, 2))
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from nag_guidance.config import NAGConfig
-from nag_guidance.functional import normalized_attention_guidance
+from nag_guidance.functional import normalized_attention_guidance, normalized_attention_guidance_
 
 GUIDED_CONTEXTS = (None, "cond", "cond_uncond")
 """diffusers ``cache_context`` names of denoiser calls that carry the prompt. Any other name ("uncond", and
@@ -213,10 +213,28 @@ class NAGState:
         guided, ratio = normalized_attention_guidance(
             z_pos, z_neg, config.scale, config.tau, config.alpha, return_ratio=True
         )
+        self._record(layer, ratio)
+        return guided
+
+    def guide_(self, layer: str, z_pos: torch.Tensor, z_neg: torch.Tensor) -> None:
+        """``guide`` writing into ``z_pos`` (which may be a view of a larger buffer). fp32 uses the in-place
+        operator; lower precisions are guided in fp32 and copied back, as in ``guide``."""
+        config = self.call.config
+        if z_pos.dtype == torch.float32:
+            _, ratio = normalized_attention_guidance_(
+                z_pos, z_neg, config.scale, config.tau, config.alpha, return_ratio=True
+            )
+        else:
+            guided, ratio = normalized_attention_guidance(
+                z_pos, z_neg, config.scale, config.tau, config.alpha, return_ratio=True
+            )
+            z_pos.copy_(guided)
+        self._record(layer, ratio)
+
+    def _record(self, layer: str, ratio: torch.Tensor) -> None:
         call = self.call
-        ratio_sum, clipped = ratio.sum(), (ratio > config.tau).sum()
+        ratio_sum, clipped = ratio.sum(), (ratio > call.config.tau).sum()
         call.ratio_sum = ratio_sum if call.ratio_sum is None else call.ratio_sum + ratio_sum
         call.clipped = clipped if call.clipped is None else call.clipped + clipped
         call.tokens += ratio.numel()
         call.layers.add(layer)
-        return guided
