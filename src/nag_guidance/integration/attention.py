@@ -2,8 +2,8 @@
 
 For one query, attention over keys A ∪ B is the average of attention over A and over B weighted by each set's
 softmax mass: with lse = log Σ exp(scores), out = out_A·exp(lse_A − lse) + out_B·exp(lse_B − lse) where
-lse = logaddexp(lse_A, lse_B), i.e. a lerp from out_A to out_B by sigmoid(lse_B − lse_A). NAG's joint-attention path uses it to share the image×image attention between
-the prompt and negative branches.
+lse = logaddexp(lse_A, lse_B), i.e. a lerp from out_A to out_B by sigmoid(lse_B − lse_A). NAG's
+joint-attention path uses it to share the image×image attention between the prompt and negative branches.
 
 Tensors are (B, H, S, D). The log-sum-exp comes from PyTorch's fused kernels where they provide it (CPU flash,
 CUDA memory-efficient attention); the first use of a kernel on a device/dtype is checked against the plain
