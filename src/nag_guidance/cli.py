@@ -1,23 +1,164 @@
-"""The `nag` command line."""
+"""The `nag` command line: generate, eval, bench, ui, presets, families, version.
+
+Heavy imports (diffusers, the model) happen inside the commands, so `nag --help` stays instant. User errors
+(bad arguments, unloadable models) print one clear line and exit with status 2, never a traceback wall.
+"""
 
 from __future__ import annotations
 
+import os
+import warnings
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nag_guidance import __version__
 
-app = typer.Typer(help="Normalized Attention Guidance (NAG) for diffusers pipelines.", no_args_is_help=True)
+app = typer.Typer(
+    help="Normalized Attention Guidance (NAG) for diffusers pipelines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def quiet_libraries() -> None:
+    """Library chatter (deprecations, optional-dependency notes) would bury the command's own output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 @app.callback()
 def _root() -> None:
     """Normalized Attention Guidance (NAG) for diffusers pipelines."""
+    quiet_libraries()
 
 
 @app.command()
 def version() -> None:
     """Print the package version."""
     typer.echo(__version__)
+
+
+@app.command()
+def presets() -> None:
+    """Print the presets table (the defaults of every family)."""
+    from nag_guidance.config import presets_markdown
+
+    typer.echo(presets_markdown())
+
+
+@app.command()
+def families() -> None:
+    """List the supported diffusers pipelines by architecture family."""
+    from nag_guidance.integration import supported_pipelines
+
+    for name, pipelines in supported_pipelines().items():
+        typer.echo(f"{name}: {', '.join(pipelines)}")
+
+
+Opt = typer.Option
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str | None, typer.Argument(help="What to draw (omit with --prompts).")] = None,
+    negative: Annotated[str | None, Opt("--negative", "-n", help="What to keep out (the NAG negative).")] = None,
+    steps: Annotated[int | None, Opt(help="Denoising steps (default: the model's preset).")] = None,
+    num_images: Annotated[int, Opt("--num-images", "-k", help="Images per prompt: seeds seed, seed+1, ...")] = 1,
+    seed: Annotated[int, Opt(help="Seed of the first image.")] = 0,
+    out: Annotated[Path, Opt(help="Output folder.")] = Path("out"),
+    model: Annotated[str | None, Opt(help="Diffusers model id or local folder (default: the embedded model).")] = None,
+    grid: Annotated[bool, Opt(help="Also run stock and CFG; write grid.png: stock | CFG | NAG.")] = False,
+    method: Annotated[str | None, Opt(help="stock, cfg or nag (default: nag with a negative, else stock).")] = None,
+    scale: Annotated[float | None, Opt(help="NAG scale s ≥ 1 (1 = off; the paper's φ = s − 1).")] = None,
+    tau: Annotated[float | None, Opt(help="NAG τ > 0: how far a token's attention output may grow.")] = None,
+    alpha: Annotated[float | None, Opt(help="NAG α in [0, 1]: how much of the guided output is blended in.")] = None,
+    start: Annotated[float | None, Opt(help="Fraction of the schedule where NAG starts.")] = None,
+    end: Annotated[float | None, Opt(help="Fraction of the schedule where NAG stops.")] = None,
+    preset: Annotated[str | None, Opt(help="Row of the presets table (see `nag presets`).")] = None,
+    guidance: Annotated[float | None, Opt(help="The model's own guidance scale (default: its preset).")] = None,
+    cfg_scale: Annotated[float, Opt(help="Scale of the CFG method (--grid / --method cfg).")] = 5.0,
+    height: Annotated[int | None, Opt(help="Image height (default: the model's).")] = None,
+    width: Annotated[int | None, Opt(help="Image width (default: the model's).")] = None,
+    device: Annotated[str, Opt(help="torch device: cpu, cuda, cuda:1, mps...")] = "cpu",
+    dtype: Annotated[str, Opt(help="float32, float16 or bfloat16.")] = "float32",
+    prompts: Annotated[Path | None, Opt(help="Text file of prompts, one per line: a (distributed) batch.")] = None,
+) -> None:
+    """Generate images with NAG (with --grid, also stock and CFG side by side); PNGs carry their parameters."""
+    from nag_guidance import generation
+
+    settings = dict(
+        negative=negative, steps=steps, num_images=num_images, seed=seed, scale=scale, tau=tau, alpha=alpha,
+        start=start, end=end, guidance=guidance, cfg_scale=cfg_scale, height=height, width=width,
+    )  # fmt: skip
+    if prompts is not None:
+        if prompt is not None or grid:
+            fail("--prompts runs a batch: give no prompt argument and no --grid")
+        _batch(prompts, out, model, method, settings, device, dtype, preset)
+        return
+    if prompt is None:
+        fail("give a prompt (or --prompts FILE)")
+    methods = ["stock", "cfg", "nag"] if grid else [method or ("nag" if negative else "stock")]
+    try:
+        request = generation.Request(prompt=prompt, **settings)
+        for name in methods:
+            if name not in generation.METHODS:
+                raise ValueError(f"method {name!r} is unknown; allowed: {', '.join(generation.METHODS)}")
+            if name != "stock" and not negative:
+                raise ValueError(f"--method {name} and --grid need --negative")
+        with console.status("loading the model…"):
+            loaded = generation.load(model, device=device, dtype=dtype, preset=preset)
+        results = {}
+        with _progress() as bar:
+            for name in methods:
+                task = bar.add_task(name, total=request.steps or loaded.preset.steps or 25)
+                update = lambda done, total, t=task: bar.update(t, completed=done)  # noqa: E731
+                results[name] = generation.run(loaded, request, name, progress=update)
+                bar.update(task, completed=bar.tasks[task].total)
+    except (ValueError, generation.ModelLoadError) as error:
+        fail(str(error))
+    written = []
+    for result in results.values():
+        written += generation.save(result, out)
+        if result.report is not None:
+            console.print(f"[dim]{result.report}[/]")
+    if grid:
+        columns = {"stock": results["stock"].images, "CFG": results["cfg"].images, "NAG": results["nag"].images}
+        generation.grid(columns).save(out / "grid.png")
+        written.append(out / "grid.png")
+    console.print(f"wrote {len(written)} file(s) to {out}/")
+
+
+def _batch(prompts: Path, out: Path, model, method, settings: dict, device: str, dtype: str, preset) -> None:
+    from nag_guidance import generation
+    from nag_guidance.batch import run_batch
+
+    try:
+        summary = run_batch(prompts, out, model, method, settings, device=device, dtype=dtype, preset=preset)
+    except (ValueError, generation.ModelLoadError) as error:
+        fail(str(error))
+    if summary["rank"] == 0:
+        console.print(
+            f"{summary['items']} prompt(s): {summary['already_done']} already done, the rest split over "
+            f"{summary['processes']} process(es); {summary['seconds']} s; manifest: {out / 'manifest.jsonl'}"
+        )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
 
 
 def main() -> None:

@@ -78,6 +78,7 @@ def _preset(scale, tau, alpha, *, end=1.0, steps=None, guidance_scale=None, sour
 
 
 AUTHORS = "NAG authors' recommendations (paper / reference pipelines)"
+TINY = "embedded model: provisional, from a tiny-model probe (tau ~10, alpha ~0.5), until `nag eval` measures it"
 GENERIC = "generic default: no published recommendation for this family"
 
 PRESETS: dict[str, Preset] = {
@@ -93,6 +94,7 @@ PRESETS: dict[str, Preset] = {
     "chroma": _preset(5, 2.5, 0.25, guidance_scale=4.0, source=AUTHORS),
     "ltx2": _preset(11, 2.5, 0.25, source="community LTX-2 NAG node (KJNodes)"),
     "generic": _preset(5, 2.5, 0.25, source=GENERIC),
+    "tiny": _preset(5, 10.0, 0.5, steps=4, guidance_scale=0.0, source=TINY),
 }
 """Named presets. Keys are what ``--preset`` / ``preset=`` accept."""
 
@@ -126,3 +128,16 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+
+
+def presets_markdown() -> str:
+    """The presets table as Markdown (the README's table is this text; a test keeps them equal)."""
+    lines = ["| preset | steps | s | τ | α | source |", "|---|---|---|---|---|---|"]
+    for name, preset in PRESETS.items():
+        c = preset.config
+        window = (
+            "" if (c.start, c.end) == (0.0, 1.0) else f"; end {c.end:g}" if c.start == 0 else f"; {c.start:g}–{c.end:g}"
+        )
+        steps = "—" if preset.steps is None else str(preset.steps)
+        lines.append(f"| `{name}` | {steps} | {c.scale:g} | {c.tau:g} | {c.alpha:g} | {preset.source}{window} |")
+    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """NAG on stock diffusers pipelines: ``apply``/``remove``, the per-family adapters and the report."""
 
 from nag_guidance.integration.pipeline import NAG_CALL_ARGUMENTS, applied, apply, is_applied, remove
-from nag_guidance.integration.registry import Family, detect, families, supported_pipelines
+from nag_guidance.integration.registry import Family, detect, registered_families, supported_pipelines
 from nag_guidance.integration.report import NAGReport
 
 __all__ = [
@@ -11,8 +11,8 @@ __all__ = [
     "applied",
     "apply",
     "detect",
-    "families",
     "is_applied",
+    "registered_families",
     "remove",
     "supported_pipelines",
 ]

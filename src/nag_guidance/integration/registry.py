@@ -40,6 +40,7 @@ class Family:
     timestep_arg: str = "timestep"
     attention: tuple[str, ...] = ("attn2",)
     cfg_cond_first: bool = False  # the pipeline batches CFG as [cond, uncond] instead of diffusers' usual order
+    cfg_argument: str | None = "guidance_scale"  # the call argument that turns on CFG with ``negative_prompt``
     extra: dict[str, Any] = field(default_factory=dict)
 
     def preset_for(self, pipe: Any) -> str:
@@ -57,7 +58,7 @@ def register(family: Family) -> Family:
     return family
 
 
-def families() -> dict[str, Family]:
+def registered_families() -> dict[str, Family]:
     """All registered families by name (importing the family modules registers them)."""
     import nag_guidance.integration.families  # noqa: F401
 
@@ -66,7 +67,7 @@ def families() -> dict[str, Family]:
 
 def supported_pipelines() -> dict[str, tuple[str, ...]]:
     """Family name -> the diffusers pipeline classes it covers."""
-    return {name: family.pipelines for name, family in families().items()}
+    return {name: family.pipelines for name, family in registered_families().items()}
 
 
 def detect(pipe: Any) -> Family:
@@ -74,7 +75,7 @@ def detect(pipe: Any) -> Family:
 
     Raises ``NotImplementedError`` naming the class and listing what is supported.
     """
-    known = families()
+    known = registered_families()
     for cls in type(pipe).__mro__:
         for family in known.values():
             if cls.__name__ in family.pipelines:

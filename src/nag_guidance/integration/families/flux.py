@@ -37,6 +37,7 @@ FLUX = register(
         preset=_flux_preset,
         encode_returns=("embeds", "pooled", "ids"),
         mask_arg=None,
+        cfg_argument="true_cfg_scale",
         attention=("attn",),
         extra={"layout": JointLayout("dispatch", text_first=True), "extend_inputs": extend_text_ids},
     )
@@ -50,6 +51,7 @@ FLUX_KONTEXT = register(
         preset="flux-kontext",
         encode_returns=("embeds", "pooled", "ids"),
         mask_arg=None,
+        cfg_argument="true_cfg_scale",
         attention=("attn",),
         extra={"layout": JointLayout("dispatch", text_first=True), "extend_inputs": extend_text_ids},
     )

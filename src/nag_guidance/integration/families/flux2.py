@@ -29,6 +29,7 @@ FLUX2 = register(
     Family(
         name="flux2",
         pipelines=("Flux2Pipeline", "Flux2KleinPipeline"),
+        cfg_argument=None,  # FLUX.2-dev is guidance-distilled; Klein's CFG negative is always ""
         install=joint_attention.install,
         preset="generic",
         encode_returns=("embeds", "ids"),

@@ -70,6 +70,7 @@ HUNYUAN_VIDEO = register(
         preset="hunyuan-video",
         encode_returns=("embeds", "pooled", "mask"),
         mask_arg=None,
+        cfg_argument="true_cfg_scale",
         attention=("transformer_blocks.*.attn", "single_transformer_blocks.*.attn"),  # not the token refiner
         extra={"layout": JointLayout("dispatch", text_first=False), "extend_inputs": extend_inputs},
     )

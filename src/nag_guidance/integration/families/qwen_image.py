@@ -53,6 +53,7 @@ QWEN_IMAGE = register(
         preset="generic",
         encode_returns=("embeds", "mask"),
         mask_arg="encoder_hidden_states_mask",
+        cfg_argument="true_cfg_scale",
         attention=("attn",),
         extra={"layout": JointLayout("dispatch", text_first=True)},
     )

@@ -1,0 +1,156 @@
+"""Large batches across processes and machines on accelerate, resumable.
+
+``nag generate --prompts prompts.txt`` runs every prompt once, split between the processes of an
+``accelerate launch`` / ``torchrun`` run (``PartialState().split_between_processes``); the same command works
+in a single process. Each process appends one JSON line per finished item to its own manifest
+(``manifest-rank{r}.jsonl``) right after writing the item's images, so a crashed run resumes where it stopped:
+finished items (same key: index, prompt and settings) are skipped, and the remaining ones are split again. At
+the end the main process merges the manifests into ``manifest.jsonl``, ordered by item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: its position in the job, and what to do."""
+
+    index: int
+    payload: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """Identity of the work, so that a resumed run with other settings does not skip it by mistake."""
+        text = json.dumps({"index": self.index, **self.payload}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Non-empty lines of a text file; lines starting with '#' are comments."""
+    if not path.is_file():
+        raise ValueError(f"prompts file {path} does not exist")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise ValueError(f"prompts file {path} has no prompts")
+    return prompts
+
+
+def finished_keys(out: Path) -> set[str]:
+    """Keys of the items some process already finished (every rank's manifest, and the merged one)."""
+    keys: set[str] = set()
+    for path in sorted(out.glob("manifest*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                keys.add(json.loads(line)["key"])
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut by a crash: that item is simply redone
+    return keys
+
+
+def run_items(
+    items: Sequence[Item],
+    out: Path,
+    work: Callable[[Item], dict[str, Any]],
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``work`` on this process's share of the unfinished items; returns a summary of the whole job.
+
+    ``work(item)`` writes the item's files and returns what the manifest should record (e.g. file names).
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    out.mkdir(parents=True, exist_ok=True)
+    done = finished_keys(out)
+    todo = [item for item in items if item.key not in done]
+    state.wait_for_everyone()  # every process has read the manifests before any writes to them
+    started = time.perf_counter()
+    manifest = out / f"manifest-rank{state.process_index}.jsonl"
+    ran = 0
+    with state.split_between_processes(todo) as mine, manifest.open("a", encoding="utf-8") as log:
+        for count, item in enumerate(mine, start=1):
+            record = {"index": item.index, "key": item.key, "rank": state.process_index, **work(item)}
+            log.write(json.dumps(record, default=str) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            ran += 1
+            if progress is not None:
+                progress(count, len(mine))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        merge_manifests(out)
+    state.wait_for_everyone()
+    return {
+        "items": len(items),
+        "already_done": len(items) - len(todo),
+        "ran_here": ran,
+        "processes": state.num_processes,
+        "rank": state.process_index,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def merge_manifests(out: Path) -> Path:
+    """Merge every rank's manifest into ``manifest.jsonl`` (one line per item, ordered by index)."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in sorted(out.glob("manifest*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            records.setdefault(record["key"], record)
+    merged = out / MANIFEST
+    ordered = sorted(records.values(), key=lambda r: r["index"])
+    merged.write_text("".join(json.dumps(r, default=str) + "\n" for r in ordered), encoding="utf-8")
+    return merged
+
+
+def generation_items(prompts: Iterable[str], settings: dict[str, Any], method: str) -> list[Item]:
+    return [Item(i, {"prompt": p, "method": method, **settings}) for i, p in enumerate(prompts)]
+
+
+def run_batch(
+    prompts_file: Path,
+    out: Path,
+    model: str | None,
+    method: str | None,
+    settings: dict[str, Any],
+    device: str = "cpu",
+    dtype: str = "float32",
+    preset: str | None = None,
+) -> dict[str, Any]:
+    """``nag generate --prompts``: every prompt with the same settings, images named ``{index}-{method}-{seed}``."""
+    from accelerate import PartialState
+
+    from nag_guidance import generation
+
+    prompts = read_prompts(prompts_file)
+    method = method or ("nag" if settings.get("negative") else "stock")
+    if method not in generation.METHODS:
+        raise ValueError(f"method {method!r} is unknown; allowed: {', '.join(generation.METHODS)}")
+    generation.Request(prompt="", **settings)  # validate every setting before loading anything
+    state = PartialState()
+    if device != "cpu" and state.device.type != "cpu":
+        device = str(state.device)  # one accelerator per process
+    loaded = generation.load(model, device=device, dtype=dtype, preset=preset)
+
+    def work(item: Item) -> dict[str, Any]:
+        request = generation.Request(prompt=item.payload["prompt"], **settings)
+        result = generation.run(loaded, request, method)
+        paths = generation.save(result, out, prefix=f"{item.index:05d}-")
+        return {"prompt": request.prompt, "files": [p.name for p in paths]}
+
+    return run_items(generation_items(prompts, settings, method), out, work)
