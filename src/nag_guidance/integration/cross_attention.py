@@ -155,10 +155,9 @@ def _guide(state: NAGState, layer: str, rows: slice, z_neg: torch.Tensor):
 
     def make(_module, original):
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            guided = state.guide(layer, x[rows], z_neg)
-            if rows.start > 0 or rows.stop < x.shape[0]:
-                guided = torch.cat([x[: rows.start], guided, x[rows.stop :]])
-            return original(guided, *args, **kwargs)
+            x = x.clone() if x._base is not None or not x.is_contiguous() else x  # guide a buffer of our own
+            state.guide_(layer, x[rows], z_neg)
+            return original(x, *args, **kwargs)
 
         return forward
 
