@@ -39,6 +39,11 @@ class JointCase:
     batch_test: bool = True  # whether the 2 prompts × 2 images test applies
     ids_kind: str = "zeros"
     attention_modules: tuple[str, ...] = ("attn",)
+    refused_negative_lengths: tuple[str, ...] = ()  # "shorter"/"longer" negatives the family refuses (ValueError)
+    honours_per_prompt: bool = True  # whether the pipeline makes ``per_prompt`` outputs per prompt when asked
+    trimmed_caption: bool = False  # each row's joint sequence is [its real caption | image | padding] (Lumina 2)
+    extra_text: tuple[str, Callable[[Any, str], torch.Tensor], int] | None = None  # (argument, encoder, batch axis)
+    image_tokens_of: Callable[[dict], int] | None = None  # denoiser arguments -> image tokens (first in the sequence)
 
     def kwargs(self, **overrides) -> dict:
         return self.call_kwargs(**overrides)
@@ -307,6 +312,114 @@ JOINT_CASES += [
         cfg_kwargs={"guidance_scale": 3.0},
         negative_lengths=_zimage_lengths,
         attention_modules=("layers.*.attention",),
+    ),
+]
+
+
+def _cogvideox_text(pipe, text):
+    return pipe.encode_prompt(text, do_classifier_free_guidance=False, max_sequence_length=16)[0], None
+
+
+def _cogvideox_lengths(pipe):
+    short = pipe.encode_prompt("dog", do_classifier_free_guidance=False, max_sequence_length=8)[0]
+    long = pipe.encode_prompt("blurry dog", do_classifier_free_guidance=False, max_sequence_length=24)[0]
+    return short, long
+
+
+JOINT_CASES += [
+    JointCase(
+        "cogvideox",
+        fj.make_cogvideox,
+        fj.cogvideox_call_kwargs,
+        "cogvideox",
+        _cogvideox_text,
+        *SDPA,
+        cfg="batched",
+        cfg_kwargs={"guidance_scale": 3.0},
+        per_prompt="num_videos_per_prompt",
+        negative_lengths=_cogvideox_lengths,
+        attention_modules=("attn1",),
+        refused_negative_lengths=("longer",),  # the positional table fits the model's fixed text length only
+        honours_per_prompt=False,
+    ),
+]
+
+
+def _lumina2_text(pipe, text):
+    return pipe.encode_prompt(text, do_classifier_free_guidance=False, max_sequence_length=64)[:2]
+
+
+def _lumina2_lengths(pipe):
+    """The real tokens only (the model drops the padding anyway): shorter and longer than the prompt's."""
+
+    def real(text):
+        embeds, mask = _lumina2_text(pipe, text)
+        return embeds[:, : int(mask.sum())]
+
+    return real("dog"), real("a very blurry low quality dark dog with glasses")
+
+
+JOINT_CASES += [
+    JointCase(
+        "lumina2",
+        fj.make_lumina2,
+        fj.lumina2_call_kwargs,
+        "lumina2",
+        _lumina2_text,
+        *SDPA,
+        mask_arg="encoder_attention_mask",
+        cfg_kwargs={"guidance_scale": 3.0},
+        negative_lengths=_lumina2_lengths,
+        attention_modules=("layers.*.attn",),
+        trimmed_caption=True,
+    ),
+]
+
+
+def _hidream_encode(pipe, text):
+    return pipe.encode_prompt(text, do_classifier_free_guidance=False, max_sequence_length=16)
+
+
+def _hidream_text(pipe, text):
+    return _hidream_encode(pipe, text)[0], None
+
+
+def _hidream_llama(pipe, text):
+    return _hidream_encode(pipe, text)[2]  # (Llama layers, B, L, D)
+
+
+def _hidream_pooled(pipe, text):
+    return _hidream_encode(pipe, text)[4]
+
+
+def _hidream_lengths(pipe):
+    short = pipe.encode_prompt("dog", do_classifier_free_guidance=False, max_sequence_length=8)[0]
+    long = pipe.encode_prompt("blurry dog", do_classifier_free_guidance=False, max_sequence_length=24)[0]
+    return short, long
+
+
+def _hidream_image_tokens(arguments):
+    height, width = arguments["hidden_states"].shape[-2:]
+    return (height // 2) * (width // 2)  # square latents, patch 2
+
+
+JOINT_CASES += [
+    JointCase(
+        "hidream",
+        fj.make_hidream,
+        fj.hidream_call_kwargs,
+        "hidream",
+        _hidream_text,
+        *SDPA,
+        text_first=False,
+        text_arg="encoder_hidden_states_t5",
+        pooled=("pooled_embeds", _hidream_pooled),
+        cfg="batched",
+        negative_lengths=_hidream_lengths,
+        attention_modules=("attn1",),
+        refused_negative_lengths=("shorter", "longer"),  # embeddings cannot carry the Llama part of the text
+        extra_text=("encoder_hidden_states_llama3", _hidream_llama, 1),
+        image_tokens_of=_hidream_image_tokens,
     ),
 ]
 

@@ -58,6 +58,9 @@ class JointReference:
     attention_modules: tuple[str, ...] = ("attn",)  # the joint-attention modules (see ``layer_names``)
     mask_spans_image: bool = False  # the mask argument covers [text; image] (Chroma), not only the text
     ids_kind: str = "zeros"  # how the family's text position ids look: "zeros" (Flux) or "arange" (FLUX.2)
+    trimmed_caption: bool = False  # each row's joint sequence is [its real caption (mask sum) | image | padding]
+    extra_text_dims: dict[str, int] | None = None  # batch axis of ``extra_text`` entries other than 0
+    image_tokens_of: Any = None  # bound denoiser arguments -> image tokens first in the joint sequence (HiDream)
 
     def install(self, denoiser: torch.nn.Module) -> None:
         self.active = self.inside = False
@@ -105,11 +108,21 @@ class JointReference:
             new[..., -1] = torch.arange(length, dtype=ids.dtype)
             arguments[self.ids_arg] = new
         for name, (prompt_value, negative_value) in (self.extra_text or {}).items():
+            dim = (self.extra_text_dims or {}).get(name, 0)
+            if dim:  # e.g. HiDream's Llama states (layers, B, L, D)
+                halves = [v.to(text).movedim(dim, 0) for v in (prompt_value, negative_value)]
+                arguments[name] = torch.cat([_rows(h, batch) for h in halves]).movedim(0, dim)
+                continue
             arguments[name] = torch.cat([_rows(prompt_value.to(text), batch), _rows(negative_value.to(text), batch)])
+        if self.image_tokens_of is not None:  # the text is more than ``text_arg``: no padding of ours to mask
+            assert self.prompt_text[0].shape[1] == self.negative_text[0].shape[1], "texts of different lengths"
+            self.image_tokens = self.image_tokens_of(arguments)
         for name, value in list(arguments.items()):
             done = (self.text_arg, self.mask_arg, self.ids_arg, *(self.extra_text or {}))
             if name not in done and isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch:
                 arguments[name] = torch.cat([value, value])
+        if self.trimmed_caption:  # Lumina 2: the model drops the padding (ours included) by the mask
+            self.captions = arguments[self.mask_arg].sum(dim=1)
         self.batch, self.text_length, self.active = batch, length, True
         return bound.args[1:], bound.kwargs
 
@@ -153,7 +166,9 @@ class JointReference:
         q, k, v = (t.transpose(1, 2) if self.bshd else t for t in (query, key, value))  # (2B, H, S, D)
         total = q.shape[2]
         keep = torch.ones(q.shape[0], total, dtype=torch.bool)
-        if self.image_tokens is not None:
+        if self.trimmed_caption:
+            image = None  # per row, below; our padding is dropped by the model itself
+        elif self.image_tokens is not None:
             image = slice(0, self.image_tokens)
         else:
             length = self.text_length
@@ -169,6 +184,16 @@ class JointReference:
         out = torch.softmax(scores, -1) @ v.double()
         b = self.batch
         heads, dim = out.shape[1], out.shape[3]
+        if self.trimmed_caption:  # the image starts after each row's own caption
+            index = self.captions[:, None] + torch.arange(total - int(self.captions.max()))
+            index = index[:, None, :, None].expand(-1, heads, -1, dim)
+            z = out.gather(2, index).transpose(1, 2).flatten(2)
+            guided = nag_float64(z[:b], z[b:], self.scale, self.tau, self.alpha)
+            guided = guided.unflatten(-1, (heads, dim)).transpose(1, 2)
+            out.scatter_(2, index, torch.cat([guided, guided]))
+            self.guided_calls += 1
+            out = out.to(query.dtype)
+            return out.transpose(1, 2) if self.bshd else out
         z = out[:, :, image].transpose(1, 2).flatten(2)  # (2B, N, H·D)
         guided = nag_float64(z[:b], z[b:], self.scale, self.tau, self.alpha)
         guided = guided.unflatten(-1, (heads, dim)).transpose(1, 2)

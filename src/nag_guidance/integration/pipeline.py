@@ -199,12 +199,17 @@ class _NAGPipelineMixin:
                 call_args[name] = False
             elif name in _IMAGES_PER_PROMPT:
                 call_args[name] = 1
-            elif (
-                name in ("prompt_2", "prompt_3") or name.startswith("negative_") or name.endswith(("_embeds", "_mask"))
-            ):
+            elif _prompt_specific(name):
                 call_args[name] = None
         values = _named(session.family, encode(**call_args))
         return NegativeText(values["embeds"], values.get("mask"))
+
+
+def _prompt_specific(name: str) -> bool:
+    """encode_prompt arguments that belong to the prompt or the CFG negative, never to the NAG negative: extra
+    prompts (prompt_2..prompt_4), precomputed embeddings and masks, anything negative_*."""
+    extra_prompt = name.startswith("prompt_") and name.removeprefix("prompt_").isdigit()
+    return extra_prompt or name.startswith("negative_") or "_embeds" in name or name.endswith("_mask")
 
 
 def _named(family: Family, encoded: Any) -> dict[str, Any]:

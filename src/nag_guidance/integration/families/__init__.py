@@ -2,10 +2,13 @@
 
 from nag_guidance.integration.families import (
     chroma,
+    cogvideox,
     flux,
     flux2,
+    hidream,
     hunyuan_video,
     ltx,
+    lumina2,
     pixart,
     qwen_image,
     sd3,
@@ -16,10 +19,13 @@ from nag_guidance.integration.families import (
 
 __all__ = [
     "chroma",
+    "cogvideox",
     "flux",
     "flux2",
+    "hidream",
     "hunyuan_video",
     "ltx",
+    "lumina2",
     "pixart",
     "qwen_image",
     "sd3",

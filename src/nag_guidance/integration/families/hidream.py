@@ -1,0 +1,182 @@
+"""HiDream-I1: double-stream then single-stream blocks over [image; text], with a text that the model rebuilds for
+every block: [T5 | last chosen Llama layer] carried from block to block, plus the projection of *that block's* Llama
+layer, appended fresh and dropped after the block. Text position ids are all zero (no rotary effect on text), there
+is no text mask, and the pooled CLIP vectors enter ``temb``.
+
+Every part of the text is per branch, so the negative rides along on both text inputs: its T5 tokens after the
+prompt's (the shared mechanism), and its hidden states of every Llama layer after the prompt's (``extend_inputs``).
+The model then builds each block's text as [T5+ | T5− | Llama+ | Llama− | layer-k+ | layer-k−]; a hook around each
+block regroups it as [prompt text | negative text] for the guided attention (text tokens have no positions, and
+everything else in a block works token by token, MoE routing included), and puts the model's order back after it.
+
+The negative must be given as text: ``nag_negative_prompt_embeds`` carries the T5 part only. Its Llama hidden states
+are captured while the pipeline's ``encode_prompt`` encodes the negative (redirected to the negative even when the
+call sets ``prompt_4``); a call that gives ``prompt_embeds_t5`` / ``prompt_embeds_llama3``, which ``encode_prompt``
+would reuse for the negative as well, is refused. The pipeline batches CFG as [uncond, cond] in one call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+import torch
+
+from nag_guidance.integration import joint_attention
+from nag_guidance.integration.hooks import bind_forward, unbind
+from nag_guidance.integration.joint_attention import JointLayout
+from nag_guidance.integration.registry import Family, Undo, register
+from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
+
+_LLAMA = "encoder_hidden_states_llama3"
+_MISSING = object()
+
+
+def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
+    extend = _extend_llama(state)
+    undo = joint_attention.install(
+        pipe, dataclasses.replace(family, extra={**family.extra, "extend_inputs": extend}), state
+    )
+    undo += [
+        _redirect(pipe, state, "_get_t5_prompt_embeds", "t5"),
+        _redirect(pipe, state, "_get_llama3_prompt_embeds", "llama3"),
+    ]
+    model = pipe.transformer
+    handles = []
+    for block in model.double_stream_blocks:
+        handles.append(block.register_forward_pre_hook(_regroup_text(state, "encoder_hidden_states"), with_kwargs=True))
+        handles.append(block.register_forward_hook(_restore_double(state)))
+    for block in model.single_stream_blocks:
+        handles.append(block.register_forward_pre_hook(_regroup_text(state, "hidden_states"), with_kwargs=True))
+        handles.append(block.register_forward_hook(_restore_single(state)))
+    return [*undo, *(handle.remove for handle in handles)]
+
+
+def _redirect(pipe: Any, state: NAGState, name: str, part: str) -> Undo:
+    """While ``encode_prompt`` encodes the NAG negative, run the pipeline's text-encoder helper ``name`` on the
+    negative's text and keep its output (the Llama part, which the shared encoding does not return)."""
+    saved = pipe.__dict__.get(name, _MISSING)
+    original = getattr(pipe, name)
+    signature = inspect.signature(original)
+
+    def encode(*args: Any, **kwargs: Any) -> torch.Tensor:
+        call = state.call
+        session = pipe.__dict__.get("_nag_session")
+        if call is None or session is None or not session.encoding_negative:
+            return original(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments["prompt"] = list(call.scratch["negative_prompt"])
+        out = original(*bound.args, **bound.kwargs)
+        call.scratch[f"hidream_negative_{part}"] = out
+        return out
+
+    setattr(pipe, name, encode)
+
+    def undo() -> None:
+        if saved is _MISSING:
+            pipe.__dict__.pop(name, None)
+        else:
+            setattr(pipe, name, saved)
+
+    return undo
+
+
+def _extend_llama(state: NAGState):
+    """``extend_inputs``: append the negative's hidden states of every Llama layer to the prompt's, and note where
+    each branch's tokens are in the text the blocks will see."""
+
+    def extend(arguments: dict[str, Any], plan: ForwardPlan, negative: NegativeText) -> None:
+        call = state.call
+        scratch = call.scratch
+        if not isinstance(scratch.get("negative_prompt"), tuple):
+            raise ValueError(
+                "HiDream's text is T5 plus the hidden states of every Llama layer: give the NAG negative as text "
+                "(nag_negative_prompt); nag_negative_prompt_embeds can only carry its T5 part"
+            )
+        if "hidream_negative_t5" not in scratch or "hidream_negative_llama3" not in scratch:
+            raise ValueError(
+                "the NAG negative was not encoded: HiDream's encode_prompt reuses prompt_embeds_t5 / "
+                "prompt_embeds_llama3 when they are given, for the NAG negative too; pass the prompt as text"
+            )
+        llama = arguments[_LLAMA]
+        count = plan.rows.stop - plan.rows.start
+        key = ("hidream_llama3", count, plan.batch, llama.device, llama.dtype)
+        if key not in scratch:
+            raw = scratch["hidream_negative_llama3"]
+            if count % raw.shape[1]:
+                raise ValueError(
+                    f"the NAG negative has {raw.shape[1]} rows, which does not divide the {count} prompt rows"
+                )
+            rows = raw.to(llama).repeat_interleave(count // raw.shape[1], dim=1)
+            scratch[key] = rows.repeat(1, plan.batch // count, 1, 1)
+        negative_llama = scratch[key]
+        arguments[_LLAMA] = torch.cat([llama, negative_llama], dim=2)
+        t5, t5_negative = plan.text_length, plan.negative_length
+        words, words_negative = llama.shape[2], negative_llama.shape[2]
+        # the model's text per block: [T5+ | T5− | Llama+ | Llama− | layer-k+ | layer-k−]
+        spans = [t5, t5_negative, words, words_negative, words, words_negative]
+        starts = torch.tensor([0, *spans[:-1]]).cumsum(0).tolist()
+        ranges = [torch.arange(s, s + n, device=llama.device) for s, n in zip(starts, spans, strict=True)]
+        order = torch.cat(ranges[0::2] + ranges[1::2])
+        plan.extras["hidream_order"] = (order, torch.argsort(order))
+        plan.text_length, plan.negative_length = t5 + 2 * words, t5_negative + 2 * words_negative
+
+    return extend
+
+
+def _regroup_text(state: NAGState, argument: str):
+    """Block pre-hook: the text part of ``argument`` (the whole tensor, or its end in single blocks) regrouped as
+    [prompt text | negative text]."""
+
+    def pre_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        plan = state.forward
+        if plan is None or "hidream_order" not in plan.extras:
+            return None
+        order = plan.extras["hidream_order"][0]
+        bound = bind_forward(module, args, kwargs)
+        tokens = bound.arguments[argument]
+        start = tokens.shape[1] - order.shape[0]
+        bound.arguments[argument] = torch.cat([tokens[:, :start], tokens[:, start:][:, order]], dim=1)
+        return unbind(bound)
+
+    return pre_forward
+
+
+def _restore_double(state: NAGState):
+    def post_forward(module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        plan = state.forward
+        if plan is None or "hidream_order" not in plan.extras:
+            return None
+        hidden, text = output
+        return hidden, text[:, plan.extras["hidream_order"][1]]
+
+    return post_forward
+
+
+def _restore_single(state: NAGState):
+    def post_forward(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        plan = state.forward
+        if plan is None or "hidream_order" not in plan.extras:
+            return None
+        inverse = plan.extras["hidream_order"][1]
+        start = output.shape[1] - inverse.shape[0]
+        return torch.cat([output[:, :start], output[:, start:][:, inverse]], dim=1)
+
+    return post_forward
+
+
+HIDREAM = register(
+    Family(
+        name="hidream",
+        pipelines=("HiDreamImagePipeline",),
+        install=install,
+        preset="generic",
+        encode_returns=("embeds", "uncond", "llama3", "uncond_llama3", "pooled", "uncond_pooled"),
+        text_arg="encoder_hidden_states_t5",
+        mask_arg=None,
+        timestep_arg="timesteps",
+        attention=("attn1",),
+        extra={"layout": JointLayout("sdpa", text_first=False)},
+    )
+)
