@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from tests.integration import factories_image as fi
-from tests.integration import factories_video as fv
+from nag_guidance.testing import image as fi
+from nag_guidance.testing import video as fv
 
 
 @dataclass(frozen=True)

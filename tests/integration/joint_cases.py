@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tests.integration import factories_joint as fj
+from nag_guidance.testing import joint as fj
 
 
 @dataclass(frozen=True)

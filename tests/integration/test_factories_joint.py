@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.integration import factories_joint as fj
+from nag_guidance.testing import joint as fj
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from transformers import (
     Gemma2Model,
 )
 
-from tests.integration.factories_video import _t5_encoder, tiny_tokenizer
+from nag_guidance.testing.video import _t5_encoder, tiny_tokenizer
 
 
 def clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:

@@ -31,8 +31,8 @@ import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from tests.integration.factories_image import _clip_text, clip_tokenizer
-from tests.integration.factories_video import WORDS, _t5_encoder, tiny_image, tiny_tokenizer
+from nag_guidance.testing.image import _clip_text, clip_tokenizer
+from nag_guidance.testing.video import WORDS, _t5_encoder, tiny_image, tiny_tokenizer
 
 # ------------------------------------------------------------------------------------------------- tokenizers
 
