@@ -155,6 +155,125 @@ def _batch(prompts: Path, out: Path, model, method, settings: dict, device: str,
         )
 
 
+@app.command()
+def ui(
+    model: Annotated[list[str] | None, Opt(help="Model(s) to offer (default: the embedded one); repeatable.")] = None,
+    host: Annotated[str, Opt(help="Address to bind; 127.0.0.1 keeps the page private to this machine.")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="Port.")] = 7860,
+    out: Annotated[Path, Opt(help="The only folder the page writes to.")] = Path("out/ui"),
+    queue_size: Annotated[int, Opt(help="Most requests waiting at once; more are refused.")] = 8,
+    device: Annotated[str, Opt(help="torch device.")] = "cpu",
+) -> None:
+    """Web page: prompt and negative in, stock | CFG | NAG out, with the NAG report."""
+    from nag_guidance import generation
+    from nag_guidance.ui import launch
+
+    if host not in ("127.0.0.1", "localhost"):
+        console.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this machine can use the page")
+    try:
+        launch(model, out=out, host=host, port=port, device=device, queue_size=queue_size)
+    except generation.ModelLoadError as error:
+        fail(str(error))
+
+
+@app.command("eval")
+def evaluate(
+    quick: Annotated[bool, Opt(help="A few seconds: one kind, few pairs and seeds, 1 step (for CI).")] = False,
+    out: Annotated[Path, Opt(help="Run folder (resumable: finished items are skipped).")] = Path("runs/eval"),
+    kinds: Annotated[str, Opt(help="Comma-separated attribute kinds: colour, shape, background.")] = (
+        "colour,shape,background"
+    ),
+    seeds: Annotated[int, Opt(help="Samples per prompt/negative pair and condition.")] = 32,
+    docs: Annotated[Path | None, Opt(help="Also write the results page and figures into this folder.")] = None,
+    device: Annotated[str, Opt(help="torch device.")] = "cpu",
+    model: Annotated[str | None, Opt(help="Evaluate this diffusers model instead (needs --clip-model).")] = None,
+    clip_model: Annotated[Path | None, Opt(help="Local CLIP checkpoint folder for --model scores.")] = None,
+    pairs: Annotated[Path | None, Opt(help="File of 'prompt<TAB>negative' lines for --model.")] = None,
+    steps: Annotated[int | None, Opt(help="Steps for --model (default: its preset).")] = None,
+) -> None:
+    """Measure NAG vs CFG vs nothing: on the embedded model (suppression, adherence, collapse, fidelity), or on
+    your --model with local CLIP scores."""
+    import shlex
+    import sys
+
+    from nag_guidance.eval import report, runner
+
+    if model is not None or clip_model is not None:
+        _user_eval(model, clip_model, pairs, out, seeds, device, steps)
+        return
+
+    kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    try:
+        with _progress() as bar:
+            task = bar.add_task("eval", total=None)
+            records = runner.run(
+                out, quick=quick, kinds=kind_list, seeds=seeds, device=device,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )  # fmt: skip
+    except ValueError as error:
+        fail(str(error))
+    records = runner.with_suppression(records)
+    report.write_tables(records, out)
+    figures_dir = docs if docs is not None else out
+    figures = {"suppression vs fidelity": "eval-suppression-fidelity.png"}
+    report.plot(records, figures_dir / figures["suppression vs fidelity"])
+    for unet, steps in sorted({(r["condition"]["unet"], r["condition"]["steps"]) for r in records}):
+        name = f"eval-grid-{unet}-{steps}.png"
+        report.image_grid(records, out / "samples", figures_dir / name, unet, steps, kind_list[0])
+        figures[f"{kind_list[0]}: {unet}, {steps} steps"] = name
+    command = "nag " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    page = report.markdown(records, command, figures)
+    (out / "results.md").write_text(page, encoding="utf-8")
+    if docs is not None:
+        (docs / "results.md").write_text(page, encoding="utf-8")
+    console.print(f"{len(records)} condition(s) measured; tables in {out}/results.csv and results.md")
+
+
+def _user_eval(model, clip_model, pairs, out: Path, seeds: int, device: str, steps) -> None:
+    from nag_guidance import generation
+    from nag_guidance.eval import user
+
+    if model is None or clip_model is None or pairs is None:
+        fail("evaluating your own model needs --model, --clip-model (a local CLIP folder) and --pairs")
+    try:
+        summary = user.run(model, clip_model, pairs, out, seeds=seeds, device=device, steps=steps)
+    except (ValueError, generation.ModelLoadError) as error:
+        fail(str(error))
+    for method, values in summary.items():
+        console.print(
+            f"{method:>5}: CLIP prompt {values['clip_prompt']:.2f}, CLIP negative {values['clip_negative']:.2f} "
+            f"({values['samples']} samples)"
+        )
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, Opt(help="Seconds: tiny configs, few repeats (for CI).")] = False,
+    out: Annotated[Path, Opt(help="Folder for benchmarks.json and benchmarks.md.")] = Path("runs/bench"),
+    docs: Annotated[Path | None, Opt(help="Also write benchmarks.md into this folder.")] = None,
+    device: Annotated[str, Opt(help="torch device.")] = "cpu",
+    families: Annotated[str | None, Opt("--families", help="Comma-separated families (default: all).")] = None,
+    realistic: Annotated[bool, Opt(help="Also time realistic token counts at reduced width.")] = True,
+) -> None:
+    """Time the NAG combine operator and the denoiser step: none, CFG, NAG, NAG with an early end."""
+    import shlex
+    import sys
+
+    from nag_guidance.bench import run as bench_run
+
+    chosen = tuple(f.strip() for f in families.split(",")) if families else None
+    command = "nag " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        page = bench_run.run(out, quick=quick, device=device, families=chosen, realistic=realistic and not quick,
+                             command=command, log=console.print)  # fmt: skip
+    except ValueError as error:
+        fail(str(error))
+    if docs is not None:
+        docs.mkdir(parents=True, exist_ok=True)
+        (docs / "benchmarks.md").write_text(page, encoding="utf-8")
+    console.print(f"wrote {out}/benchmarks.json and benchmarks.md")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console

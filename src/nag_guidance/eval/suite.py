@@ -1,0 +1,90 @@
+"""What `nag eval` measures: prompt/negative pairs whose negative names an attribute the prompt leaves open, and
+the generation conditions (method × parameters × steps) to compare on them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from nag_guidance.config import get_preset
+from nag_guidance.tiny import data
+
+KINDS = ("colour", "shape", "background")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A prompt and a negative naming one value of an attribute the prompt leaves open."""
+
+    kind: str  # which attribute the negative names: "colour" (of the shape), "shape" or "background"
+    prompt: str
+    negative: str
+    target: data.Spec  # what the prompt asks for (adherence)
+    value: str  # the attribute value the negative names
+
+
+def pairs(kinds: tuple[str, ...] = KINDS, quick: bool = False) -> list[Pair]:
+    """Every pair of the suite, in a fixed order. Colour: "a circle" − "red"; shape: "a red shape" − "circle";
+    background: "a circle" − "blue background"."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown kinds {sorted(unknown)}; allowed: {', '.join(KINDS)}")
+    shapes, colours = (data.SHAPES[:1], data.COLOURS[:4]) if quick else (data.SHAPES, data.COLOURS)
+    result = []
+    for kind in kinds:
+        if kind == "colour":
+            result += [Pair(kind, f"a {s}", c, data.Spec(shape=s), c) for s in shapes for c in colours]
+        elif kind == "shape":
+            result += [Pair(kind, f"a {c} shape", s, data.Spec(colour=c), s) for c in colours for s in data.SHAPES]
+        else:
+            result += [Pair(kind, f"a {s}", f"{c} background", data.Spec(shape=s), c) for s in shapes for c in colours]
+    return result
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One way of generating: method, step count, model (student / teacher) and guidance parameters."""
+
+    method: str  # "none", "cfg", "nag" or "nag+cfg"
+    steps: int
+    unet: str = "student"
+    cfg_scale: float | None = None
+    scale: float | None = None
+    tau: float | None = None
+    alpha: float | None = None
+
+    @property
+    def label(self) -> str:
+        parts = [self.method]
+        if self.cfg_scale is not None:
+            parts.append(f"w={self.cfg_scale:g}")
+        if self.scale is not None:
+            tau = "inf" if math.isinf(self.tau) else f"{self.tau:g}"
+            parts.append(f"s={self.scale:g} τ={tau} α={self.alpha:g}")
+        return " ".join(parts)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "label": self.label}
+
+
+def conditions(quick: bool = False) -> list[Condition]:
+    """None, CFG at several scales, NAG at several scales with τ and α sweeps, NAG + CFG; at 1, 2 and 4 student
+    steps and on the 25-step teacher. The NAG centre point is the embedded model's preset."""
+    tiny = get_preset("tiny").config
+    s, t, a = tiny.scale, tiny.tau, tiny.alpha
+    if quick:
+        return [
+            Condition("none", 1),
+            Condition("cfg", 1, cfg_scale=3.0),
+            Condition("nag", 1, scale=s, tau=t, alpha=a),
+        ]
+    result = []
+    for unet, steps in (("student", 1), ("student", 2), ("student", 4), ("teacher", 25)):
+        nag = {(scale, t, a) for scale in (3.0, s, 8.0)}
+        nag |= {(s, tau, a) for tau in (2.5, 5.0, t, math.inf)}
+        nag |= {(s, t, alpha) for alpha in (0.25, a, 1.0)}
+        result.append(Condition("none", steps, unet))
+        result += [Condition("cfg", steps, unet, cfg_scale=w) for w in (1.5, 3.0, 5.0)]
+        result += [Condition("nag", steps, unet, scale=x, tau=y, alpha=z) for x, y, z in sorted(nag)]
+        result.append(Condition("nag+cfg", steps, unet, cfg_scale=3.0, scale=s, tau=t, alpha=a))
+    return result

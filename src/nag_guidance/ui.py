@@ -1,0 +1,155 @@
+"""`nag ui`: a Gradio page that shows, side by side, the stock result, CFG with the negative, and NAG with the
+negative — and the NAG report, so users can see whether NAG acted.
+
+Safe defaults: it binds 127.0.0.1, queues at most ``queue_size`` requests, refuses prompts over
+``MAX_PROMPT_CHARS`` with a clear message, and writes files only under its own output folder (Gradio's cache
+included); no request can choose a path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from nag_guidance import generation
+
+MAX_PROMPT_CHARS = 300
+
+HELP = {
+    "scale": "How hard to push away from the negative (1 = off). Higher removes more, until images break.",
+    "tau": "Cap on how much a token's attention output may grow, as a multiple of its unguided size.",
+    "alpha": "How much of the guided attention output is blended in (1 = all, 0 = none).",
+    "end": "Fraction of the denoising steps during which NAG acts (it matters most early).",
+    "cfg_scale": "Scale of the CFG column (the negative as CFG's unconditional prompt).",
+    "steps": "Denoising steps (few-step models: 1–8).",
+}
+
+
+class Generator:
+    """Holds the loaded models (one at a time per name) and turns a page request into three images + report."""
+
+    def __init__(self, models: list[str], out: Path, device: str = "cpu") -> None:
+        self.models, self.out, self.device = models, out, device
+        self.loaded: dict[str, generation.Model] = {}
+        self.lock = threading.Lock()
+
+    def model(self, name: str) -> generation.Model:
+        if name not in self.models:
+            raise ValueError(f"unknown model {name!r}")
+        with self.lock:
+            if name not in self.loaded:
+                self.loaded[name] = generation.load(None if name == generation.EMBEDDED else name, self.device)
+            return self.loaded[name]
+
+    def defaults(self, name: str) -> dict[str, Any]:
+        model = self.model(name)
+        preset = model.preset
+        return {
+            "steps": preset.steps or 25,
+            "scale": preset.config.scale,
+            "tau": preset.config.tau,
+            "alpha": preset.config.alpha,
+            "end": preset.config.end,
+        }
+
+    def __call__(
+        self, prompt: str, negative: str, name: str, steps: int, seed: int, scale: float, tau: float, alpha: float,
+        end: float, cfg_scale: float,
+    ) -> tuple[Any, Any, Any, str]:  # fmt: skip
+        prompt, negative = (prompt or "").strip(), (negative or "").strip()
+        if not prompt:
+            raise ValueError("Write a prompt first.")
+        if not negative:
+            raise ValueError("Write a negative prompt: it is what CFG and NAG are asked to keep out.")
+        for label, text in (("prompt", prompt), ("negative prompt", negative)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise ValueError(f"The {label} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
+        request = generation.Request(
+            prompt=prompt, negative=negative, steps=int(steps), seed=int(seed), scale=scale, tau=tau, alpha=alpha,
+            end=end, cfg_scale=cfg_scale,
+        )  # fmt: skip
+        model = self.model(name)
+        results = {method: generation.run(model, request, method) for method in generation.METHODS}
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for result in results.values():
+            generation.save(result, self.out, prefix=f"{stamp}-")
+        report = results["nag"].report
+        verdict = "NAG acted" if report is not None and report.active else "NAG had **no effect**"
+        return (
+            results["stock"].images[0],
+            results["cfg"].images[0],
+            results["nag"].images[0],
+            f"{verdict}: {report}",
+        )
+
+
+def build(models: list[str] | None = None, out: Path = Path("out/ui"), device: str = "cpu", queue_size: int = 8):
+    """The Gradio Blocks app (not launched)."""
+    import gradio as gr
+
+    models = models or [generation.EMBEDDED]
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(out / "gradio-cache")  # Gradio's own files stay in our folder too
+    make = Generator(models, out, device)
+    defaults = make.defaults(models[0])
+
+    def run(*values):
+        try:
+            return make(*values)
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+
+    with gr.Blocks(title="NAG: negative prompts for few-step models") as app:
+        gr.Markdown(
+            "# Normalized Attention Guidance\nThe same seed three ways: **stock** (prompt only), **CFG** with the "
+            "negative as unconditional prompt, and **NAG** with the negative."
+        )
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt", value="a circle", max_lines=2, elem_id="prompt")
+            negative = gr.Textbox(label="Negative prompt", value="red", max_lines=2, elem_id="negative")
+        with gr.Row():
+            name = gr.Dropdown(models, value=models[0], label="Model", elem_id="model")
+            steps = gr.Slider(1, 50, value=defaults["steps"], step=1, label="Steps", info=HELP["steps"])
+            seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+        with gr.Row():
+            scale = gr.Slider(1, 20, value=defaults["scale"], step=0.5, label="NAG scale s", info=HELP["scale"])
+            tau = gr.Slider(0.5, 20, value=defaults["tau"], step=0.5, label="NAG τ (tau)", info=HELP["tau"])
+            alpha = gr.Slider(0, 1, value=defaults["alpha"], step=0.05, label="NAG α (alpha)", info=HELP["alpha"])
+            end = gr.Slider(0.05, 1, value=defaults["end"], step=0.05, label="NAG end", info=HELP["end"])
+            cfg_scale = gr.Slider(1, 15, value=generation.DEFAULT_CFG_SCALE, step=0.5, label="CFG scale",
+                                  info=HELP["cfg_scale"])  # fmt: skip
+        button = gr.Button("Generate", variant="primary", elem_id="generate")
+        with gr.Row():
+            images = [
+                gr.Image(label=label, type="pil", elem_id=f"image-{key}", format="png")
+                for key, label in (("stock", "stock"), ("cfg", "CFG"), ("nag", "NAG"))
+            ]
+        report = gr.Markdown(elem_id="report")
+        inputs = [prompt, negative, name, steps, seed, scale, tau, alpha, end, cfg_scale]
+        button.click(run, inputs=inputs, outputs=[*images, report], concurrency_limit=1)
+
+        def on_model(selected):
+            values = make.defaults(selected)
+            return [gr.update(value=values[key]) for key in ("steps", "scale", "tau", "alpha", "end")]
+
+        name.change(on_model, inputs=name, outputs=[steps, scale, tau, alpha, end])
+    app.queue(max_size=queue_size, default_concurrency_limit=1)
+    return app
+
+
+def launch(
+    models: list[str] | None = None,
+    out: Path = Path("out/ui"),
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str = "cpu",
+    queue_size: int = 8,
+    block: bool = True,
+):
+    app = build(models, out, device, queue_size)
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True)
+    return app

@@ -1,0 +1,118 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+
+from nag_guidance.tiny import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    WeightsError,
+    load_feature_net,
+    load_pipeline,
+    verify_weights,
+    weights_path,
+)
+from nag_guidance.tiny.evaluate import generate
+from nag_guidance.tiny.features import extract_features, frechet_distance
+from nag_guidance.tiny.loading import PIPELINE_DIR, TEACHER_DIR
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline()
+
+
+def test_shipped_weights_verify_and_are_small():
+    verify_weights()
+    total = sum(p.stat().st_size for p in weights_path().rglob("*") if p.is_file())
+    assert total <= 20 * 2**20
+
+
+def test_stock_pipeline_loads_the_checkpoint_with_cross_attention_modules():
+    pipe = StableDiffusionPipeline.from_pretrained(
+        weights_path() / PIPELINE_DIR, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    cross = [m for name, m in pipe.unet.named_modules() if name.endswith("attn2")]
+    assert cross and all(isinstance(m, Attention) and m.is_cross_attention for m in cross)
+    image = pipe(
+        "a red circle",
+        num_inference_steps=DEFAULT_STEPS,
+        guidance_scale=DEFAULT_GUIDANCE,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+
+
+def test_teacher_unet_loads_and_matches_the_student_architecture(pipe):
+    teacher = UNet2DConditionModel.from_pretrained(weights_path() / TEACHER_DIR)
+    assert teacher.config.block_out_channels == pipe.unet.config.block_out_channels
+    assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), pipe.unet.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_generation_is_deterministic_per_seed(pipe, steps):
+    prompts, seeds = ["a blue square on a white background", "a triangle"], [3, 4]
+    first = generate(pipe, prompts, seeds, steps)
+    again = generate(pipe, prompts, seeds, steps)
+    other = generate(pipe, prompts, [5, 6], steps)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_damaged_file_raises_an_error_naming_it(tmp_path):
+    copy = tmp_path / "weights"
+    shutil.copytree(weights_path(), copy)
+    target = copy / PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors"
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match="diffusion_pytorch_model.safetensors") as info:
+        load_pipeline(path=copy)
+    assert "damaged" in str(info.value) and "unet" in str(info.value)
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_missing_file_raises_an_error_naming_it(tmp_path):
+    copy = tmp_path / "weights"
+    shutil.copytree(weights_path(), copy)
+    (copy / TEACHER_DIR / "config.json").unlink()
+    with pytest.raises(WeightsError, match="missing") as info:
+        verify_weights(copy)
+    assert "teacher_unet" in str(info.value)
+
+
+def test_feature_distance_tells_a_narrower_distribution_apart():
+    from nag_guidance.tiny import data
+
+    net = load_feature_net()
+    rng = np.random.default_rng(0)
+    real_a = data.render_batch([data.random_sample(rng, data.ALL_TRIPLES) for _ in range(200)])
+    real_b = data.render_batch([data.random_sample(rng, data.ALL_TRIPLES) for _ in range(200)])
+    circles = data.render_batch([data.sample_for_spec(rng, data.Spec(shape="circle")) for _ in range(200)])
+    a, b, c = (extract_features(net, x) for x in (real_a, real_b, circles))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, c) > 3 * frechet_distance(a, b)
+
+
+def test_teacher_pipeline_and_unknown_unet_name():
+    teacher = load_pipeline(unet="teacher", verify=False)
+    assert teacher.unet.config.block_out_channels == load_pipeline(verify=False).unet.config.block_out_channels
+    with pytest.raises(ValueError, match="unet='bogus'"):
+        load_pipeline(unet="bogus")
+
+
+def test_feature_net_reads_ground_truth_attributes():
+    from nag_guidance.tiny import data
+    from nag_guidance.tiny.features import HEADS, to_input
+
+    rng = np.random.default_rng(1)
+    samples = [data.random_sample(rng, data.ALL_TRIPLES) for _ in range(200)]
+    with torch.no_grad():
+        outputs = load_feature_net()(to_input(data.render_batch(samples)))
+    for head, names in zip(HEADS, (data.SHAPES, data.COLOURS, data.COLOURS), strict=True):
+        truth = np.array([names.index(getattr(s, head)) for s in samples])
+        assert (outputs[head].argmax(1).numpy() == truth).mean() >= 0.99
