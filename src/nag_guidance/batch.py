@@ -59,19 +59,26 @@ def finished_keys(out: Path) -> set[str]:
     return keys
 
 
+def process_state(device: str = "cpu"):
+    """accelerate's view of this process; on CPU it must be told (``cpu=True``), or a ``torchrun`` /
+    ``accelerate launch`` of several CPU processes would give independent single processes."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
+
+
 def run_items(
     items: Sequence[Item],
     out: Path,
     work: Callable[[Item], dict[str, Any]],
     progress: Callable[[int, int], None] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run ``work`` on this process's share of the unfinished items; returns a summary of the whole job.
 
     ``work(item)`` writes the item's files and returns what the manifest should record (e.g. file names).
     """
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state(device)
     out.mkdir(parents=True, exist_ok=True)
     done = finished_keys(out)
     todo = [item for item in items if item.key not in done]
@@ -133,8 +140,6 @@ def run_batch(
     preset: str | None = None,
 ) -> dict[str, Any]:
     """``nag generate --prompts``: every prompt with the same settings, images named ``{index}-{method}-{seed}``."""
-    from accelerate import PartialState
-
     from nag_guidance import generation
 
     prompts = read_prompts(prompts_file)
@@ -142,7 +147,7 @@ def run_batch(
     if method not in generation.METHODS:
         raise ValueError(f"method {method!r} is unknown; allowed: {', '.join(generation.METHODS)}")
     generation.Request(prompt="", **settings)  # validate every setting before loading anything
-    state = PartialState()
+    state = process_state(device)
     if device != "cpu" and state.device.type != "cpu":
         device = str(state.device)  # one accelerator per process
     loaded = generation.load(model, device=device, dtype=dtype, preset=preset)
@@ -153,4 +158,4 @@ def run_batch(
         paths = generation.save(result, out, prefix=f"{item.index:05d}-")
         return {"prompt": request.prompt, "files": [p.name for p in paths]}
 
-    return run_items(generation_items(prompts, settings, method), out, work)
+    return run_items(generation_items(prompts, settings, method), out, work, device=device)

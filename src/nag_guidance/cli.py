@@ -178,11 +178,13 @@ def ui(
 
 @app.command("eval")
 def evaluate(
+    ctx: typer.Context,
     quick: Annotated[bool, Opt(help="A few seconds: one kind, few pairs and seeds, 1 step (for CI).")] = False,
     out: Annotated[Path, Opt(help="Run folder (resumable: finished items are skipped).")] = Path("runs/eval"),
-    kinds: Annotated[str, Opt(help="Comma-separated attribute kinds: colour, shape, background.")] = (
-        "colour,shape,background"
-    ),
+    kinds: Annotated[
+        str | None,
+        Opt(help="Comma-separated attribute kinds: colour, shape, background (default: all; quick: colour)."),
+    ] = None,
     seeds: Annotated[int, Opt(help="Samples per prompt/negative pair and condition.")] = 32,
     docs: Annotated[Path | None, Opt(help="Also write the results page and figures into this folder.")] = None,
     device: Annotated[str, Opt(help="torch device.")] = "cpu",
@@ -193,15 +195,13 @@ def evaluate(
 ) -> None:
     """Measure NAG vs CFG vs nothing: on the embedded model (suppression, adherence, collapse, fidelity), or on
     your --model with local CLIP scores."""
-    import shlex
-    import sys
-
     from nag_guidance.eval import report, runner
 
     if model is not None or clip_model is not None:
         _user_eval(model, clip_model, pairs, out, seeds, device, steps)
         return
 
+    kinds = kinds or ("colour" if quick else "colour,shape,background")
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     try:
         with _progress() as bar:
@@ -221,8 +221,7 @@ def evaluate(
         name = f"eval-grid-{unet}-{steps}.png"
         report.image_grid(records, out / "samples", figures_dir / name, unet, steps, kind_list[0])
         figures[f"{kind_list[0]}: {unet}, {steps} steps"] = name
-    command = "nag " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    page = report.markdown(records, command, figures)
+    page = report.markdown(records, _command_line(ctx), figures)
     (out / "results.md").write_text(page, encoding="utf-8")
     if docs is not None:
         (docs / "results.md").write_text(page, encoding="utf-8")
@@ -248,6 +247,7 @@ def _user_eval(model, clip_model, pairs, out: Path, seeds: int, device: str, ste
 
 @app.command()
 def bench(
+    ctx: typer.Context,
     quick: Annotated[bool, Opt(help="Seconds: tiny configs, few repeats (for CI).")] = False,
     out: Annotated[Path, Opt(help="Folder for benchmarks.json and benchmarks.md.")] = Path("runs/bench"),
     docs: Annotated[Path | None, Opt(help="Also write benchmarks.md into this folder.")] = None,
@@ -256,13 +256,10 @@ def bench(
     realistic: Annotated[bool, Opt(help="Also time realistic token counts at reduced width.")] = True,
 ) -> None:
     """Time the NAG combine operator and the denoiser step: none, CFG, NAG, NAG with an early end."""
-    import shlex
-    import sys
-
     from nag_guidance.bench import run as bench_run
 
     chosen = tuple(f.strip() for f in families.split(",")) if families else None
-    command = "nag " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line(ctx)
     try:
         page = bench_run.run(out, quick=quick, device=device, families=chosen, realistic=realistic and not quick,
                              command=command, log=console.print)  # fmt: skip
@@ -272,6 +269,23 @@ def bench(
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "benchmarks.md").write_text(page, encoding="utf-8")
     console.print(f"wrote {out}/benchmarks.json and benchmarks.md")
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The command as the user would type it: `nag <command>` and every option that differs from its default."""
+    import shlex
+
+    parts = ["nag", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value == param.default or value is None or not param.opts:
+            continue
+        if isinstance(value, bool):
+            parts.append(param.opts[0] if value else (param.secondary_opts or [param.opts[0]])[0])
+        else:
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                parts += [param.opts[0], shlex.quote(str(item))]
+    return " ".join(parts)
 
 
 def _progress() -> Progress:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -276,19 +276,3 @@ def grid(columns: dict[str, Sequence[Image.Image]], cell: int = 256, label_heigh
             resample = Image.NEAREST if scale >= 1 else Image.LANCZOS
             canvas.paste(image.resize(size, resample), (col * cell, label_height + row * cell))
     return canvas
-
-
-def with_defaults(request: Request, model: Model) -> Request:
-    """The request with the model's preset values filled in where it left them open (for display)."""
-    preset = model.preset
-    config = preset.config
-    return replace(
-        request,
-        steps=request.steps or preset.steps,
-        guidance=request.guidance if request.guidance is not None else preset.guidance_scale,
-        scale=request.scale if request.scale is not None else config.scale,
-        tau=request.tau if request.tau is not None else config.tau,
-        alpha=request.alpha if request.alpha is not None else config.alpha,
-        start=request.start if request.start is not None else config.start,
-        end=request.end if request.end is not None else config.end,
-    )

@@ -78,12 +78,18 @@ class Generator:
             generation.save(result, self.out, prefix=f"{stamp}-")
         report = results["nag"].report
         verdict = "NAG acted" if report is not None and report.active else "NAG had **no effect**"
-        return (
-            results["stock"].images[0],
-            results["cfg"].images[0],
-            results["nag"].images[0],
-            f"{verdict}: {report}",
-        )
+        return (*(_for_display(results[m].images[0]) for m in generation.METHODS), f"{verdict}: {report}")
+
+
+def _for_display(image, size: int = 256):
+    """Small images (the embedded model makes 32×32) shown enlarged with visible pixels; the saved PNGs keep
+    their size."""
+    from PIL import Image
+
+    if image.width >= size:
+        return image
+    factor = -(-size // image.width)
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
 def build(models: list[str] | None = None, out: Path = Path("out/ui"), device: str = "cpu", queue_size: int = 8):

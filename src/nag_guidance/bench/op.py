@@ -18,7 +18,9 @@ from nag_guidance.functional import normalized_attention_guidance, normalized_at
 ARGS = (5.0, 2.5, 0.25)  # scale, tau, alpha: the flux presets
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, device: torch.device, setup: Callable[[], Any] | None = None) -> float:
+def _median_ms(
+    fn: Callable[[], Any], repeats: int, device: torch.device, setup: Callable[[], Any] | None = None
+) -> float:
     """Median time of ``fn`` alone; ``setup`` (e.g. restoring an in-place operand) runs before each call, untimed.
     On CUDA the time is taken with events around ``fn`` on the stream, so launches count and the setup does not."""
     times = []

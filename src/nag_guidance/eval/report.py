@@ -41,8 +41,9 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [flat(r) for r in records if r["result"].get("suppression") is not None]
-    panels = sorted({(r["unet"], r["steps"]) for r in rows}, key=lambda p: (p[0] == "teacher", p[1]))
+    every = [flat(r) for r in records]
+    rows = [r for r in every if r["suppression"] is not None]  # None: the baseline never showed the negative
+    panels = sorted({(r["unet"], r["steps"]) for r in every}, key=lambda p: (p[0] == "teacher", p[1]))
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     colours = {"none": "black", "cfg": "tab:red", "nag": "tab:blue", "nag+cfg": "tab:purple"}
     for axis, (unet, steps) in zip(axes[0], panels, strict=True):
@@ -57,7 +58,8 @@ def plot(records: list[dict], path: Path) -> None:
         axis.set_xlim(-0.3, 1.05)
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("Fréchet distance to real (lower = better)")
-    axes[0][-1].legend(loc="best", fontsize=8)
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(loc="best", fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

@@ -3,7 +3,6 @@ distributable batch runner; each writes its metrics to the manifest and a strip 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -158,7 +157,7 @@ def run(
         return {"condition": item.payload["condition"], "result": result, "sample": sample.name,
                 "pair": {"prompt": suite[0].prompt, "negative": suite[0].negative}}  # fmt: skip
 
-    batch.run_items(items(quick, kinds, seeds), out, work, progress=progress)
+    batch.run_items(items(quick, kinds, seeds), out, work, progress=progress, device=device)
     return read_records(out)
 
 
@@ -183,7 +182,3 @@ def with_suppression(records: list[dict]) -> list[dict]:
         value = None if base is None else metrics.suppression(r["result"]["negative_rate"], base)
         out.append({**r, "result": {**r["result"], "suppression": value, "baseline_rate": base}})
     return out
-
-
-def is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

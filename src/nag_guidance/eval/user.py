@@ -51,7 +51,7 @@ def run(
         negative_scores = scorer.scores(result.images, [request.negative] * len(result.images))
         return {"method": payload["method"], "prompt_score": prompt_scores, "negative_score": negative_scores}
 
-    batch.run_items(items, out, work)
+    batch.run_items(items, out, work, device=device)
     records = [json.loads(line) for line in (out / batch.MANIFEST).read_text(encoding="utf-8").splitlines()]
     summary = {}
     for method in generation.METHODS:

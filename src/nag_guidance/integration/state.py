@@ -28,13 +28,11 @@ extra passes such as LTX-2's "uncond_stg" / "uncond_modality") is never guided."
 class NegativeText:
     """The encoded NAG negative as the denoiser will see it.
 
-    ``embeds``: (n, L, D) with n = 1 or the number of prompts; ``mask``: (n, L) with 1 = real token, or None;
-    ``extras``: family-specific tensors (e.g. a pooled embedding) keyed by name.
+    ``embeds``: (n, L, D) with n = 1 or the number of prompts; ``mask``: (n, L) with 1 = real token, or None.
     """
 
     embeds: torch.Tensor
     mask: torch.Tensor | None = None
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def rows(self, count: int, *, device: torch.device, dtype: torch.dtype) -> NegativeText:
         """The negative repeated to ``count`` rows, on ``device``/``dtype`` (masks keep their dtype).
@@ -52,11 +50,7 @@ class NegativeText:
             t = t.to(device=device, dtype=dtype if cast and t.is_floating_point() else t.dtype)
             return t.repeat_interleave(count // n, dim=0) if count != n else t
 
-        return NegativeText(
-            expand(self.embeds, True),
-            expand(self.mask, False),
-            {k: expand(v, True) for k, v in self.extras.items()},
-        )
+        return NegativeText(expand(self.embeds, True), expand(self.mask, False))
 
 
 @dataclass

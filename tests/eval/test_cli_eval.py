@@ -1,0 +1,33 @@
+"""`nag eval --quick` end to end on the embedded model: the shape of the outputs, not the numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from typer.testing import CliRunner
+
+from nag_guidance.cli import app
+from nag_guidance.eval.suite import conditions
+
+
+def test_quick_eval_writes_every_output(tmp_path):
+    out, docs = tmp_path / "run", tmp_path / "docs"
+    docs.mkdir()
+    result = CliRunner().invoke(app, ["eval", "--quick", "--seeds", "2", "--out", str(out), "--docs", str(docs)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["label"] for r in rows} == {c.label for c in conditions(quick=True)}
+    assert all(r["kind"] == "colour" and int(r["samples"]) > 0 for r in rows)
+    records = json.loads((out / "results.json").read_text())
+    nag = next(r for r in records if r["condition"]["method"] == "nag")
+    assert 0 <= nag["result"]["adherence"] <= 1
+    assert nag["result"]["suppression"] is None or nag["result"]["suppression"] <= 1  # None: baseline never showed it
+    page = (docs / "results.md").read_text()
+    assert "nag eval --quick" in page and "| condition |" in page
+    assert (docs / "eval-suppression-fidelity.png").stat().st_size > 0
+    assert (docs / "eval-grid-student-1.png").stat().st_size > 0
+    # resumable: a second run finds everything done and recomputes nothing
+    again = CliRunner().invoke(app, ["eval", "--quick", "--seeds", "2", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == len(rows)
