@@ -1,0 +1,67 @@
+"""The `nag` command: the main job on the embedded model, PNG metadata, and clear errors."""
+
+from __future__ import annotations
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from nag_guidance import __version__
+from nag_guidance.cli import app
+from nag_guidance.config import presets_markdown
+from nag_guidance.generation import read_metadata
+
+runner = CliRunner()
+
+
+def test_generate_grid_writes_pngs_with_their_parameters(tmp_path):
+    result = runner.invoke(
+        app,
+        ["generate", "a circle on a white background", "--negative", "red", "--steps", "2", "--num-images", "2",
+         "--seed", "3", "--out", str(tmp_path), "--grid"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == sorted([*(f"{m}-0000{s}.png" for m in ("stock", "cfg", "nag") for s in (3, 4)), "grid.png"])
+    meta = read_metadata(tmp_path / "nag-00004.png")
+    assert meta["prompt"] == "a circle on a white background" and meta["negative"] == "red"
+    assert meta["method"] == "nag" and meta["seed"] == 4 and meta["steps"] == 2 and meta["model"] == "embedded"
+    assert meta["nag"]["scale"] > 1 and meta["preset"] == "tiny"
+    assert read_metadata(tmp_path / "stock-00003.png")["negative"] is None
+    with Image.open(tmp_path / "cfg-00003.png") as image:
+        assert image.text["method"] == "cfg" and image.text["cfg_scale"] == "5.0"
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.width == 3 * 256  # stock | CFG | NAG
+
+
+def test_same_seed_same_image(tmp_path):
+    for folder in ("a", "b"):
+        result = runner.invoke(
+            app, ["generate", "a square", "-n", "blue", "--steps", "1", "--out", str(tmp_path / folder)]
+        )
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "nag-00000.png").read_bytes() == (tmp_path / "b" / "nag-00000.png").read_bytes()
+
+
+def test_user_errors_are_one_clear_line(tmp_path):
+    cases = [
+        (["generate", "a circle", "--method", "nag", "--out", str(tmp_path)], "need --negative"),
+        (["generate", "a circle", "-n", "red", "--scale", "0.5", "--out", str(tmp_path)], "scale=0.5"),
+        (
+            ["generate", "a circle", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path)],
+            "could not load model",
+        ),
+        (["generate", "--out", str(tmp_path)], "give a prompt"),
+        (["generate", "a circle", "--dtype", "float8", "--out", str(tmp_path)], "dtype='float8' is unknown"),
+    ]
+    for arguments, message in cases:
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 2, (arguments, result.output)
+        assert message in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output
+
+
+def test_info_commands():
+    assert runner.invoke(app, ["version"]).output.strip() == __version__
+    assert runner.invoke(app, ["presets"]).output.strip() == presets_markdown()
+    families = runner.invoke(app, ["families"]).output
+    assert "flux: FluxPipeline" in families and "sd: StableDiffusionPipeline" in families

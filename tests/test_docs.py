@@ -1,0 +1,27 @@
+"""The README stays true: its set-up commands, its presets table and its runnable example."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from nag_guidance.config import presets_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def bash_blocks(text: str) -> list[str]:
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, re.S)]
+
+
+def test_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    section = README.split("## Set up on a fresh machine", 1)[1].split("\n## ", 1)[0]
+    install, tests = bash_blocks(section)
+    assert "pip install torch==2.13.0" in install and "nag generate" in install
+    assert "pytest" in tests
+    assert tests in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_presets_table_is_the_presets_module():
+    assert presets_markdown() in README
