@@ -25,3 +25,13 @@ def test_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 def test_presets_table_is_the_presets_module():
     assert presets_markdown() in README
+
+
+def test_the_offline_example_runs(capsys):
+    section = README.split("Runnable offline", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (the README's own example)
+    assert namespace["image"].size == (32, 32)
+    printed = capsys.readouterr().out
+    assert "NAG (sd)" in printed and "4/4 steps" in printed
