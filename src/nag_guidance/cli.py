@@ -166,7 +166,13 @@ def ui(
 ) -> None:
     """Web page: prompt and negative in, stock | CFG | NAG out, with the NAG report."""
     from nag_guidance import generation
-    from nag_guidance.ui import launch
+
+    try:
+        import gradio  # noqa: F401
+
+        from nag_guidance.ui import launch
+    except ImportError:
+        fail('the web page needs Gradio: pip install "nag-guidance[ui]"')
 
     if host not in ("127.0.0.1", "localhost"):
         console.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this machine can use the page")
