@@ -159,15 +159,19 @@ def run(
         return {"condition": item.payload["condition"], "result": result, "sample": sample.name,
                 "pair": {"prompt": suite[0].prompt, "negative": suite[0].negative}}  # fmt: skip
 
-    batch.run_items(items(quick, kinds, seeds), out, work, progress=progress, device=device)
-    return read_records(out)
+    todo = items(quick, kinds, seeds)
+    batch.run_items(todo, out, work, progress=progress, device=device)
+    return read_records(out, {item.key for item in todo})
 
 
-def read_records(out: Path) -> list[dict]:
+def read_records(out: Path, keys: set[str] | None = None) -> list[dict]:
+    """The merged manifest's records (only those of ``keys``: a resumed run folder may hold results of other
+    settings)."""
     import json
 
     path = out / batch.MANIFEST
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in records if keys is None or r["key"] in keys]
 
 
 def with_suppression(records: list[dict]) -> list[dict]:

@@ -67,33 +67,40 @@ class Condition:
         return {**asdict(self), "label": self.label}
 
 
+SWEEP_CENTRE = (5.0, 10.0, 0.5)
+"""(s, τ, α) around which scale, τ and α are swept one at a time: where an earlier probe of a tiny model found NAG
+working (τ ≈ 10, α ≈ 0.5). Fixed, so that changing the presets does not change what the sweep measures."""
+
+
 def conditions(quick: bool = False) -> list[Condition]:
-    """None, CFG at several scales, NAG at several scales with τ and α sweeps, NAG + CFG at 1, 2 and 4 student
-    steps; none, CFG, NAG and NAG + CFG on the 25-step teacher. The NAG centre point is the embedded model's
-    preset."""
+    """None, CFG at several scales, NAG swept in scale, τ and α (one at a time around ``SWEEP_CENTRE``), NAG at the
+    embedded model's preset, and NAG + CFG at the preset, at 1, 2 and 4 student steps; none, CFG, NAG and NAG + CFG
+    at the preset on the 25-step teacher."""
     tiny = get_preset("tiny").config
-    s, t, a = tiny.scale, tiny.tau, tiny.alpha
+    preset = (tiny.scale, tiny.tau, tiny.alpha)
     if quick:
         return [
             Condition("none", 1),
             Condition("cfg", 1, cfg_scale=3.0),
-            Condition("nag", 1, scale=s, tau=t, alpha=a),
+            Condition("nag", 1, scale=preset[0], tau=preset[1], alpha=preset[2]),
         ]
+    s, t, a = SWEEP_CENTRE
     nag = {(scale, t, a) for scale in (3.0, s, 8.0)}
     nag |= {(s, tau, a) for tau in (2.5, 5.0, t, math.inf)}
     nag |= {(s, t, alpha) for alpha in (0.25, a, 1.0)}
+    nag.add(preset)
     result = []
     for steps in (1, 2, 4):
         result.append(Condition("none", steps))
         result += [Condition("cfg", steps, cfg_scale=w) for w in (1.5, 3.0, 5.0)]
         result += [Condition("nag", steps, scale=x, tau=y, alpha=z) for x, y, z in sorted(nag)]
-        result.append(Condition("nag+cfg", steps, cfg_scale=3.0, scale=s, tau=t, alpha=a))
+        result.append(Condition("nag+cfg", steps, cfg_scale=3.0, scale=preset[0], tau=preset[1], alpha=preset[2]))
     # the 25-step teacher costs ~6x a 4-step run per condition: the comparison points only
     result += [
         Condition("none", 25, "teacher"),
         Condition("cfg", 25, "teacher", cfg_scale=3.0),
         Condition("cfg", 25, "teacher", cfg_scale=5.0),
-        Condition("nag", 25, "teacher", scale=s, tau=t, alpha=a),
-        Condition("nag+cfg", 25, "teacher", cfg_scale=3.0, scale=s, tau=t, alpha=a),
+        Condition("nag", 25, "teacher", scale=preset[0], tau=preset[1], alpha=preset[2]),
+        Condition("nag+cfg", 25, "teacher", cfg_scale=3.0, scale=preset[0], tau=preset[1], alpha=preset[2]),
     ]
     return result

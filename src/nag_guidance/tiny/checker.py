@@ -10,6 +10,7 @@ blurred edges, noise and colour gradients) and both colours are on the palette.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,20 +85,9 @@ def _nearest_palette(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _masked_median(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-image, per-channel median of the pixels under ``mask`` (N, P, 3) / (N, P); NaN when empty."""
     values = np.where(mask[..., None], pixels, np.nan)
-    with np.errstate(all="ignore"), _quiet_nan_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (no shape) are expected
         return np.nanmedian(values, axis=1)
-
-
-class _quiet_nan_warnings:
-    def __enter__(self) -> None:
-        import warnings
-
-        self._catcher = warnings.catch_warnings()
-        self._catcher.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._catcher.__exit__(*exc)
 
 
 def _template_iou(mask: np.ndarray, count: np.ndarray) -> np.ndarray:

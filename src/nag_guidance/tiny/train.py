@@ -63,22 +63,22 @@ class Recipe:
     """Every knob of the training run (recorded in ``<out>/recipe.json`` and the exported ``metadata.json``)."""
 
     seed: int = 0
-    vae_steps: int = 500
+    vae_steps: int = 700
     vae_batch: int = 64
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-5
-    decoder_steps: int = 400
+    decoder_steps: int = 500
     decoder_lr: float = 5e-4
     decoder_noise: float = 0.3
-    teacher_steps: int = 2800
+    teacher_steps: int = 3600
     teacher_batch: int = 64
     teacher_lr: float = 6e-4
     teacher_ema: float = 0.999
     trajectory_steps: int = 16
-    trajectory_count: int = 4096
+    trajectory_count: int = 6144
     trajectory_batch: int = 256
     trajectory_guidance: float = 3.0
-    student_steps: int = 800
+    student_steps: int = 1500
     student_batch: int = 64
     student_lr: float = 2e-4
     student_ema: float = 0.995
