@@ -42,12 +42,17 @@ params = st.tuples(
     st.floats(0.05, 50.0),  # tau
     st.floats(0.0, 1.0),  # alpha
 )
+params_any_tau = st.tuples(
+    st.floats(1.0, 20.0),
+    st.one_of(st.floats(0.05, 50.0), st.just(math.inf)),  # tau; inf = never clip
+    st.floats(0.0, 1.0),
+)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 3), st.integers(1, 7), st.integers(1, 33)),
-    p=params,
+    p=params_any_tau,
     seed=st.integers(0, 2**31 - 1),
     neg_batch_one=st.booleans(),
 )
@@ -62,7 +67,7 @@ def test_matches_float64_reference(shape, p, seed, neg_batch_one):
 
 
 @settings(max_examples=40, deadline=None)
-@given(p=params, seed=st.integers(0, 2**31 - 1))
+@given(p=params_any_tau, seed=st.integers(0, 2**31 - 1))
 def test_in_place_variant_equals_out_of_place(p, seed):
     scale, tau, alpha = p
     g = torch.Generator().manual_seed(seed)
@@ -73,6 +78,18 @@ def test_in_place_variant_equals_out_of_place(p, seed):
     assert out.data_ptr() == buffer.data_ptr()
     assert rel_err(out, expected.double()) < 1e-5
     torch.testing.assert_close(r, expected_r)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_infinite_tau_is_pure_extrapolation_without_nan(in_place):
+    z_pos, z_neg = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    z_pos[0, 0] = 0.0  # a zero-norm token too
+    scale, alpha = 5.0, 0.5
+    expected = alpha * (scale * z_pos - (scale - 1) * z_neg) + (1 - alpha) * z_pos
+    op = normalized_attention_guidance_ if in_place else normalized_attention_guidance
+    out = op(z_pos.clone(), z_neg, scale, math.inf, alpha)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, expected)
 
 
 def test_scale_one_is_identity_even_with_tight_tau():

@@ -189,7 +189,7 @@ def evaluate(
     out: Annotated[Path, Opt(help="Run folder (resumable: finished items are skipped).")] = Path("runs/eval"),
     kinds: Annotated[
         str | None,
-        Opt(help="Comma-separated attribute kinds: colour, shape, background (default: all; quick: colour)."),
+        Opt(help="Comma-separated pair kinds: colour, shape, background, colour-bg (default: all; quick: colour)."),
     ] = None,
     seeds: Annotated[int, Opt(help="Samples per prompt/negative pair and condition.")] = 32,
     docs: Annotated[Path | None, Opt(help="Also write the results page and figures into this folder.")] = None,
@@ -202,12 +202,13 @@ def evaluate(
     """Measure NAG vs CFG vs nothing: on the embedded model (suppression, adherence, collapse, fidelity), or on
     your --model with local CLIP scores."""
     from nag_guidance.eval import report, runner
+    from nag_guidance.eval.suite import KINDS
 
     if model is not None or clip_model is not None:
         _user_eval(model, clip_model, pairs, out, seeds, device, steps)
         return
 
-    kinds = kinds or ("colour" if quick else "colour,shape,background")
+    kinds = kinds or ("colour" if quick else ",".join(KINDS))
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     try:
         with _progress() as bar:

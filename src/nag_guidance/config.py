@@ -78,7 +78,7 @@ def _preset(scale, tau, alpha, *, end=1.0, steps=None, guidance_scale=None, sour
 
 
 AUTHORS = "NAG authors' recommendations (paper / reference pipelines)"
-TINY = "embedded model: provisional, from a tiny-model probe (tau ~10, alpha ~0.5), until `nag eval` measures it"
+TINY = "embedded model: measured by `nag eval` (docs/results.md)"
 GENERIC = "generic default: no published recommendation for this family"
 
 PRESETS: dict[str, Preset] = {
@@ -94,7 +94,7 @@ PRESETS: dict[str, Preset] = {
     "chroma": _preset(5, 2.5, 0.25, guidance_scale=4.0, source=AUTHORS),
     "ltx2": _preset(11, 2.5, 0.25, source="community LTX-2 NAG node (KJNodes)"),
     "generic": _preset(5, 2.5, 0.25, source=GENERIC),
-    "tiny": _preset(5, 10.0, 0.5, steps=4, guidance_scale=0.0, source=TINY),
+    "tiny": _preset(5, 2.5, 0.5, steps=4, guidance_scale=0.0, source=TINY),
 }
 """Named presets. Keys are what ``--preset`` / ``preset=`` accept."""
 

@@ -10,13 +10,15 @@ Per token, with Z+ the attention output for the prompt and Z- the one for the NA
 
 Writing the clip as ``τ / max(r, τ)`` keeps it finite for zero-norm tokens (r = 0 gives a factor of
 1, never 0/0) and needs no data-dependent masks, so the function runs under
-``torch.compile(fullgraph=True)``.
+``torch.compile(fullgraph=True)``. τ = ∞ (never clip) is a factor of 1, not ∞/∞.
 
 Broadcasting: ``z_neg`` must broadcast to ``z_pos``'s shape (e.g. one negative of batch 1 against a
 batch of prompts); the result always has ``z_pos``'s shape and dtype.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -44,6 +46,11 @@ def guidance_ratio(z_pos: torch.Tensor, z_tilde: torch.Tensor, eps: float = DEFA
     return norm_tilde / norm_pos.clamp_min(eps)
 
 
+def _clip_factor(ratio: torch.Tensor, tau: float) -> torch.Tensor:
+    """min(r, τ)/r as τ / max(r, τ): finite for r = 0, and exactly 1 for τ = ∞."""
+    return torch.ones_like(ratio) if math.isinf(tau) else tau / ratio.clamp_min(tau)
+
+
 def normalized_attention_guidance(
     z_pos: torch.Tensor,
     z_neg: torch.Tensor,
@@ -67,7 +74,7 @@ def normalized_attention_guidance(
     pos = z_pos.float()
     tilde = scale * pos - (scale - 1.0) * z_neg.float()
     ratio = guidance_ratio(pos, tilde, eps)
-    clip = tau / ratio.clamp_min(tau)
+    clip = _clip_factor(ratio, tau)
     out = (alpha * clip * tilde + (1.0 - alpha) * pos).to(z_pos.dtype)
     return (out, ratio) if return_ratio else out
 
@@ -97,7 +104,7 @@ def normalized_attention_guidance_(
     z_pos.mul_(scale).sub_(z_neg, alpha=scale - 1.0)  # z_pos now holds Z~
     norm_tilde = torch.linalg.vector_norm(z_pos, ord=1, dim=-1, keepdim=True, dtype=torch.float32)
     ratio = norm_tilde / norm_pos.clamp_min(eps)
-    clip = tau / ratio.clamp_min(tau)
+    clip = _clip_factor(ratio, tau)
     coef_tilde = alpha * clip + (1.0 - alpha) / scale
     z_pos.mul_(coef_tilde.to(z_pos.dtype))
     z_pos.add_(z_neg, alpha=(1.0 - alpha) * (scale - 1.0) / scale)

@@ -22,6 +22,8 @@ def test_quick_eval_writes_every_output(tmp_path):
     records = json.loads((out / "results.json").read_text())
     nag = next(r for r in records if r["condition"]["method"] == "nag")
     assert 0 <= nag["result"]["adherence"] <= 1
+    # sample strips are named by item key, so a changed suite never reuses another condition's file
+    assert all(r["sample"] == f"{r['key']}.png" and (out / "samples" / r["sample"]).exists() for r in records)
     assert nag["result"]["suppression"] is None or nag["result"]["suppression"] <= 1  # None: baseline never showed it
     page = (docs / "results.md").read_text()
     assert "nag eval --quick" in page and "| condition |" in page

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nag_guidance.eval import metrics
-from nag_guidance.eval.suite import KINDS, conditions, pairs
+from nag_guidance.eval.suite import ATTRIBUTE, KINDS, conditions, pairs
 from nag_guidance.tiny import data
 
 
@@ -40,10 +40,14 @@ def test_every_pair_leaves_the_negatives_attribute_open():
     for pair in pairs():
         spec = data.parse_caption(pair.prompt)
         assert spec == pair.target
-        assert getattr(spec, pair.kind) is None  # the prompt does not fix what the negative names
+        attribute = ATTRIBUTE[pair.kind]
+        assert getattr(spec, attribute) is None  # the prompt does not fix what the negative names
         negative = data.parse_caption(pair.negative)
-        assert getattr(negative, pair.kind) == pair.value
+        assert getattr(negative, attribute) == pair.value
+        if pair.kind == "colour-bg":  # the background is given, and never the negative's colour
+            assert spec.background is not None and spec.background != pair.value
     assert {p.kind for p in pairs()} == set(KINDS)
+    assert ("a circle on a white background", "red") in {(p.prompt, p.negative) for p in pairs()}  # the main job
     assert len(pairs(("colour",), quick=True)) < len(pairs(("colour",)))
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from nag_guidance.eval.suite import KINDS
+
 COLUMNS = (
     "label", "method", "unet", "steps", "kind", "samples", "negative_rate", "negative_rate_se", "suppression",
     "adherence", "adherence_se", "on_palette", "entropy_bits", "clean", "confidence", "frechet",
@@ -93,6 +95,39 @@ def image_grid(records: list[dict], samples: Path, path: Path, unet: str, steps:
     canvas.save(path)
 
 
+def headline(records: list[dict], steps: int = 4) -> list[str]:
+    """The comparison the paper makes, at the student's default steps: nothing, CFG, NAG at the embedded model's
+    preset and NAG + CFG, per kind (the full sweeps follow in the per-kind tables)."""
+    from nag_guidance.config import get_preset
+
+    preset = get_preset("tiny").config
+    point = (preset.scale, preset.tau, preset.alpha)
+
+    def shown(c: dict) -> bool:
+        nag_point = (c["scale"], c["tau"], c["alpha"]) == point
+        return c["method"] in ("none", "cfg") or (c["method"] in ("nag", "nag+cfg") and nag_point)
+
+    chosen = [r for r in records if (r["condition"]["unet"], r["condition"]["steps"]) == ("student", steps)]
+    chosen = [r for r in chosen if shown(r["condition"])]
+    if not chosen:
+        return []
+    lines = [
+        f"## Headline: student, {steps} steps, NAG at the `tiny` preset (s={point[0]:g}, τ={point[1]:g}, "
+        f"α={point[2]:g})",
+        "",
+        "| kind | condition | negative % | suppression % | adherence % | on-palette % | clean % | FD |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        for r in (flat(rec) for rec in chosen if rec["result"]["kind"] == kind):
+            lines.append(
+                f"| {kind} | {r['label']} | {_fmt(r['negative_rate'], r['negative_rate_se'])} | "
+                f"{_fmt(r['suppression'])} | {_fmt(r['adherence'], r['adherence_se'])} | {_fmt(r['on_palette'])} | "
+                f"{_fmt(r['clean'])} | {_fmt(r['frechet'], percent=False)} |"
+            )
+    return [*lines, ""]
+
+
 def _fmt(value: Any, se: Any = None, percent: bool = True) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
@@ -124,8 +159,9 @@ def markdown(records: list[dict], command: str, figures: dict[str, str]) -> str:
     ]
     header = "| condition | negative % | suppression % | adherence % | on-palette % | entropy | clean % | FD |"
     rule = "|---|---|---|---|---|---|---|---|"
+    lines += headline(records)
     for unet, steps in sorted({(r["unet"], r["steps"]) for r in rows}, key=lambda p: (p[0] == "teacher", p[1])):
-        for kind in ("colour", "shape", "background"):
+        for kind in KINDS:
             chosen = [r for r in rows if (r["unet"], r["steps"], r["kind"]) == (unet, steps, kind)]
             if not chosen:
                 continue

@@ -12,7 +12,7 @@ from PIL import Image
 
 from nag_guidance import batch
 from nag_guidance.eval import metrics
-from nag_guidance.eval.suite import KINDS, Condition, Pair, conditions, pairs
+from nag_guidance.eval.suite import ATTRIBUTE, KINDS, Condition, Pair, conditions, pairs
 from nag_guidance.tiny import data
 
 SAMPLE_SEEDS = 8  # images kept per item (first pair) for the grids
@@ -26,7 +26,7 @@ def real_images_without(specs: Sequence[data.Spec], kind: str, values: Sequence[
     for spec, value in zip(specs, values, strict=True):
         while True:
             sample = data.sample_for_spec(rng, spec)
-            attribute = {"colour": sample.colour, "shape": sample.shape, "background": sample.background}[kind]
+            attribute = getattr(sample, ATTRIBUTE[kind])
             if attribute != value:
                 samples.append(sample)
                 break
@@ -99,10 +99,11 @@ class Evaluator:
         negatives = [p.negative for p in suite for _ in range(seeds)]
         images = self.images(condition, prompts, negatives, [s for _ in suite for s in range(seeds)])
         reading = check(images)
-        read = {"colour": reading.colour_names(), "shape": reading.shape_names(), "background": None}[kind]
-        if read is None:
-            read = reading.background_names()
-        if kind == "colour":  # an off-palette colour is no colour of the palette: keep it apart
+        attribute = ATTRIBUTE[kind]
+        read = {"colour": reading.colour_names, "shape": reading.shape_names, "background": reading.background_names}[
+            attribute
+        ]()
+        if attribute == "colour":  # an off-palette colour is no colour of the palette: keep it apart
             read = [name if ok else "off-palette" for name, ok in zip(read, reading.on_palette, strict=True)]
         values = [p.value for p in suite for _ in range(seeds)]
         hit = np.array([r == v for r, v in zip(read, values, strict=True)])
@@ -154,7 +155,7 @@ def run(
         suite = pairs((item.payload["kind"],), quick=item.payload["quick"])
         result, images = evaluator.measure(condition, item.payload["kind"], suite, item.payload["seeds"])
         strip = np.concatenate(list(images[:SAMPLE_SEEDS]), axis=1)
-        sample = out / "samples" / f"{item.index:04d}.png"
+        sample = out / "samples" / f"{item.key}.png"  # by key: indices shift when the suite changes
         Image.fromarray(strip).save(sample)
         return {"condition": item.payload["condition"], "result": result, "sample": sample.name,
                 "pair": {"prompt": suite[0].prompt, "negative": suite[0].negative}}  # fmt: skip

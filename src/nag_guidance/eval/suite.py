@@ -9,14 +9,17 @@ from dataclasses import asdict, dataclass
 from nag_guidance.config import get_preset
 from nag_guidance.tiny import data
 
-KINDS = ("colour", "shape", "background")
+KINDS = ("colour", "shape", "background", "colour-bg")
+ATTRIBUTE = {"colour": "colour", "shape": "shape", "background": "background", "colour-bg": "colour"}
+"""The procedural attribute each kind's negative names. ``colour-bg`` is ``colour`` with the background given in
+the prompt: a longer, more specific prompt, as in the main job's "a circle on a white background" − "red"."""
 
 
 @dataclass(frozen=True)
 class Pair:
     """A prompt and a negative naming one value of an attribute the prompt leaves open."""
 
-    kind: str  # which attribute the negative names: "colour" (of the shape), "shape" or "background"
+    kind: str  # one of KINDS; ATTRIBUTE[kind] is the attribute the negative names
     prompt: str
     negative: str
     target: data.Spec  # what the prompt asks for (adherence)
@@ -25,7 +28,8 @@ class Pair:
 
 def pairs(kinds: tuple[str, ...] = KINDS, quick: bool = False) -> list[Pair]:
     """Every pair of the suite, in a fixed order. Colour: "a circle" − "red"; shape: "a red shape" − "circle";
-    background: "a circle" − "blue background"."""
+    background: "a circle" − "blue background"; colour-bg: "a circle on a white background" − "red" (a fixed
+    background per pair, never the negative's colour)."""
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown kinds {sorted(unknown)}; allowed: {', '.join(KINDS)}")
@@ -36,6 +40,11 @@ def pairs(kinds: tuple[str, ...] = KINDS, quick: bool = False) -> list[Pair]:
             result += [Pair(kind, f"a {s}", c, data.Spec(shape=s), c) for s in shapes for c in colours]
         elif kind == "shape":
             result += [Pair(kind, f"a {c} shape", s, data.Spec(colour=c), s) for c in colours for s in data.SHAPES]
+        elif kind == "colour-bg":
+            for i, s in enumerate(shapes):
+                for c in colours:
+                    b = data.COLOURS[(data.COLOURS.index(c) + 6 - 2 * i) % len(data.COLOURS)]
+                    result.append(Pair(kind, f"a {s} on a {b} background", c, data.Spec(shape=s, background=b), c))
         else:
             result += [Pair(kind, f"a {s}", f"{c} background", data.Spec(shape=s), c) for s in shapes for c in colours]
     return result
@@ -69,12 +78,21 @@ class Condition:
 
 SWEEP_CENTRE = (5.0, 10.0, 0.5)
 """(s, τ, α) around which scale, τ and α are swept one at a time: where an earlier probe of a tiny model found NAG
-working (τ ≈ 10, α ≈ 0.5). Fixed, so that changing the presets does not change what the sweep measures."""
+working (τ ≈ 10, α ≈ 0.5). Fixed, so that changing the presets does not change what the sweep measures; the
+embedded model's preset is a second centre."""
+
+
+def _one_at_a_time(centre: tuple[float, float, float]) -> set[tuple[float, float, float]]:
+    s, t, a = centre
+    points = {(scale, t, a) for scale in (3.0, s, 8.0)}
+    points |= {(s, tau, a) for tau in (2.5, 5.0, t, math.inf)}
+    points |= {(s, t, alpha) for alpha in (0.25, a, 1.0)}
+    return points
 
 
 def conditions(quick: bool = False) -> list[Condition]:
-    """None, CFG at several scales, NAG swept in scale, τ and α (one at a time around ``SWEEP_CENTRE``), NAG at the
-    embedded model's preset, and NAG + CFG at the preset, at 1, 2 and 4 student steps; none, CFG, NAG and NAG + CFG
+    """None, CFG at several scales, NAG swept in scale, τ and α (one at a time around ``SWEEP_CENTRE`` and around
+    the embedded model's preset), and NAG + CFG at the preset, at 1, 2 and 4 student steps; none, CFG, NAG and NAG + CFG
     at the preset on the 25-step teacher."""
     tiny = get_preset("tiny").config
     preset = (tiny.scale, tiny.tau, tiny.alpha)
@@ -84,11 +102,7 @@ def conditions(quick: bool = False) -> list[Condition]:
             Condition("cfg", 1, cfg_scale=3.0),
             Condition("nag", 1, scale=preset[0], tau=preset[1], alpha=preset[2]),
         ]
-    s, t, a = SWEEP_CENTRE
-    nag = {(scale, t, a) for scale in (3.0, s, 8.0)}
-    nag |= {(s, tau, a) for tau in (2.5, 5.0, t, math.inf)}
-    nag |= {(s, t, alpha) for alpha in (0.25, a, 1.0)}
-    nag.add(preset)
+    nag = _one_at_a_time(SWEEP_CENTRE) | _one_at_a_time(preset)
     result = []
     for steps in (1, 2, 4):
         result.append(Condition("none", steps))
