@@ -219,6 +219,10 @@ def evaluate(
             )  # fmt: skip
     except ValueError as error:
         fail(str(error))
+    from nag_guidance.batch import process_state
+
+    if not process_state(device).is_main_process:
+        return  # under torchrun / accelerate launch the main process writes the tables and the page
     records = runner.with_suppression(records)
     report.write_tables(records, out)
     figures_dir = docs if docs is not None else out

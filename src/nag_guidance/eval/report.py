@@ -85,10 +85,11 @@ def image_grid(records: list[dict], samples: Path, path: Path, unet: str, steps:
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     pair = chosen[0]["pair"]
-    draw.text((4, 4), f"{pair['prompt']!r} − {pair['negative']!r}  ({unet}, {steps} steps)", fill="black")
+    draw.text((4, 4), f"{pair['prompt']!r} - {pair['negative']!r}  ({unet}, {steps} steps)", fill="black")
     y = 22
     for record, strip in zip(chosen, strips, strict=True):
-        draw.text((4, y + strip.height * zoom // 2 - 6), record["condition"]["label"], fill="black")
+        label_text = record["condition"]["label"].replace("τ", "tau").replace("α", "alpha")  # PIL's font is ASCII
+        draw.text((4, y + strip.height * zoom // 2 - 6), label_text, fill="black")
         canvas.paste(strip.resize((strip.width * zoom, strip.height * zoom), Image.NEAREST), (label, y))
         y += strip.height * zoom + 2
     path.parent.mkdir(parents=True, exist_ok=True)
