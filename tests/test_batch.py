@@ -65,6 +65,16 @@ def test_changed_settings_are_not_mistaken_for_finished_work(tmp_path):
     assert calls == [0, 1]
 
 
+def test_another_model_or_preset_into_the_same_folder_is_new_work(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a circle\n")
+    settings = {"negative": "red", "steps": 1, "num_images": 1}
+    first = batch.run_batch(prompts, tmp_path / "out", None, "nag", settings)
+    again = batch.run_batch(prompts, tmp_path / "out", None, "nag", settings)
+    other = batch.run_batch(prompts, tmp_path / "out", None, "nag", settings, preset="sd15")
+    assert (first["ran_here"], again["already_done"], other["ran_here"]) == (1, 1, 1)
+
+
 def test_a_truncated_manifest_line_is_redone(tmp_path):
     work, _ = writer(tmp_path)
     batch.run_items(fake_items(2), tmp_path, work)

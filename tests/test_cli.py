@@ -43,7 +43,16 @@ def test_same_seed_same_image(tmp_path):
 
 
 def test_user_errors_are_one_clear_line(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unsupported = tmp_path / "ddpm"  # a loadable diffusers pipeline without text attention
+    unet = UNet2DModel(
+        sample_size=8, block_out_channels=(8,), down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",),
+        layers_per_block=1, norm_num_groups=8,
+    )  # fmt: skip
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(unsupported)
     cases = [
+        (["generate", "a circle", "--model", str(unsupported), "--out", str(tmp_path)], "DDPMPipeline"),
         (["generate", "a circle", "--method", "nag", "--out", str(tmp_path)], "need --negative"),
         (["generate", "a circle", "-n", "red", "--scale", "0.5", "--out", str(tmp_path)], "scale=0.5"),
         (
@@ -52,6 +61,7 @@ def test_user_errors_are_one_clear_line(tmp_path):
         ),
         (["generate", "--out", str(tmp_path)], "give a prompt"),
         (["generate", "a circle", "--dtype", "float8", "--out", str(tmp_path)], "dtype='float8' is unknown"),
+        (["ui", "--dtype", "float8", "--out", str(tmp_path / "ui")], "dtype='float8' is unknown"),
     ]
     for arguments, message in cases:
         result = runner.invoke(app, arguments)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from nag_guidance.config import presets_markdown
+from nag_guidance.config import get_preset, presets_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -34,4 +34,5 @@ def test_the_offline_example_runs(capsys):
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (the README's own example)
     assert namespace["image"].size == (32, 32)
     printed = capsys.readouterr().out
-    assert "NAG (sd)" in printed and "4/4 steps" in printed
+    tiny = get_preset("tiny").config  # the embedded model gets its own measured preset
+    assert f"NAG (sd) scale={tiny.scale:g} tau={tiny.tau:g} alpha={tiny.alpha:g}" in printed and "4/4 steps" in printed

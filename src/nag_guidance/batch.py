@@ -158,4 +158,5 @@ def run_batch(
         paths = generation.save(result, out, prefix=f"{item.index:05d}-")
         return {"prompt": request.prompt, "files": [p.name for p in paths]}
 
-    return run_items(generation_items(prompts, settings, method), out, work, device=device)
+    identity = {**settings, "model": loaded.name, "preset": loaded.preset_name, "dtype": dtype}
+    return run_items(generation_items(prompts, identity, method), out, work, device=device)

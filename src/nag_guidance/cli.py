@@ -163,6 +163,7 @@ def ui(
     out: Annotated[Path, Opt(help="The only folder the page writes to.")] = Path("out/ui"),
     queue_size: Annotated[int, Opt(help="Most requests waiting at once; more are refused.")] = 8,
     device: Annotated[str, Opt(help="torch device.")] = "cpu",
+    dtype: Annotated[str, Opt(help="float32, float16 or bfloat16.")] = "float32",
 ) -> None:
     """Web page: prompt and negative in, stock | CFG | NAG out, with the NAG report."""
     from nag_guidance import generation
@@ -177,8 +178,8 @@ def ui(
     if host not in ("127.0.0.1", "localhost"):
         console.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this machine can use the page")
     try:
-        launch(model, out=out, host=host, port=port, device=device, queue_size=queue_size)
-    except generation.ModelLoadError as error:
+        launch(model, out=out, host=host, port=port, device=device, queue_size=queue_size, dtype=dtype)
+    except (ValueError, generation.ModelLoadError) as error:
         fail(str(error))
 
 

@@ -108,12 +108,13 @@ def load(model: str | None = None, device: str = "cpu", dtype: str = "float32", 
             pipe = tiny.load_pipeline(device=device, dtype=torch_dtype)
         except tiny.WeightsError as error:
             raise ModelLoadError(str(error)) from None
-        preset_name = preset or "tiny"
     else:
         pipe = _from_pretrained(name, torch_dtype, device)
-        preset_name = preset
-    family = nag.integration.detect(pipe)
-    preset_name = preset_name or family.preset_for(pipe)
+    try:
+        family = nag.integration.detect(pipe)
+    except NotImplementedError as error:  # a loadable pipeline that NAG does not support
+        raise ModelLoadError(f"model {name!r} cannot be used: {error}") from None
+    preset_name = preset or family.preset_for(pipe)  # the embedded model's is "tiny"
     get_preset(preset_name)  # validates a user-given name before any work
     nag.apply(pipe, preset=preset_name)
     return Model(pipe=pipe, name=name, preset_name=preset_name, family=family.name)

@@ -31,8 +31,8 @@ HELP = {
 class Generator:
     """Holds the loaded models (one at a time per name) and turns a page request into three images + report."""
 
-    def __init__(self, models: list[str], out: Path, device: str = "cpu") -> None:
-        self.models, self.out, self.device = models, out, device
+    def __init__(self, models: list[str], out: Path, device: str = "cpu", dtype: str = "float32") -> None:
+        self.models, self.out, self.device, self.dtype = models, out, device, dtype
         self.loaded: dict[str, generation.Model] = {}
         self.lock = threading.Lock()
 
@@ -41,7 +41,8 @@ class Generator:
             raise ValueError(f"unknown model {name!r}")
         with self.lock:
             if name not in self.loaded:
-                self.loaded[name] = generation.load(None if name == generation.EMBEDDED else name, self.device)
+                model = None if name == generation.EMBEDDED else name
+                self.loaded[name] = generation.load(model, self.device, dtype=self.dtype)
             return self.loaded[name]
 
     def defaults(self, name: str) -> dict[str, Any]:
@@ -92,7 +93,13 @@ def _for_display(image, size: int = 256):
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
-def build(models: list[str] | None = None, out: Path = Path("out/ui"), device: str = "cpu", queue_size: int = 8):
+def build(
+    models: list[str] | None = None,
+    out: Path = Path("out/ui"),
+    device: str = "cpu",
+    queue_size: int = 8,
+    dtype: str = "float32",
+):
     """The Gradio Blocks app (not launched)."""
     import gradio as gr
 
@@ -100,7 +107,7 @@ def build(models: list[str] | None = None, out: Path = Path("out/ui"), device: s
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(out / "gradio-cache")  # Gradio's own files stay in our folder too
-    make = Generator(models, out, device)
+    make = Generator(models, out, device, dtype)
     defaults = make.defaults(models[0])
 
     def run(*values):
@@ -155,7 +162,8 @@ def launch(
     device: str = "cpu",
     queue_size: int = 8,
     block: bool = True,
+    dtype: str = "float32",
 ):
-    app = build(models, out, device, queue_size)
+    app = build(models, out, device, queue_size, dtype)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True)
     return app

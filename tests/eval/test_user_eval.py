@@ -43,6 +43,11 @@ def test_user_model_is_scored_per_method(local_models, tmp_path):
     for values in summary.values():
         assert values["samples"] == 2 and values["clip_prompt"] >= 0 and values["clip_negative"] >= 0
     assert json.loads((tmp_path / "out" / "user-results.json").read_text()) == summary
+    # another run into the same folder summarises only its own records
+    pairs.write_text("a blue car\tcat\n")
+    again = run(str(local_models / "sd"), local_models / "clip", pairs, tmp_path / "out", seeds=2, steps=2,
+                height=16, width=16)  # fmt: skip
+    assert all(values["samples"] == 2 for values in again.values())
 
 
 def test_clip_must_be_local(tmp_path):

@@ -116,3 +116,16 @@ def test_feature_net_reads_ground_truth_attributes():
     for head, names in zip(HEADS, (data.SHAPES, data.COLOURS, data.COLOURS), strict=True):
         truth = np.array([names.index(getattr(s, head)) for s in samples])
         assert (outputs[head].argmax(1).numpy() == truth).mean() >= 0.99
+
+
+def test_nag_apply_gives_the_embedded_model_its_own_preset(tmp_path):
+    import nag_guidance as nag
+
+    pipe = nag.apply(load_pipeline())
+    pipe("a circle", nag_negative_prompt="red", num_inference_steps=1, guidance_scale=0, output_type="latent")
+    assert pipe.nag_report.config == nag.get_preset("tiny").config
+    # the same architecture from another folder is any SD model: the SD 1.5 row
+    shutil.copytree(weights_path(), tmp_path / "copy")
+    other = nag.apply(load_pipeline(path=tmp_path / "copy"))
+    other("a circle", nag_negative_prompt="red", num_inference_steps=1, guidance_scale=0, output_type="latent")
+    assert other.nag_report.config == nag.get_preset("sd15").config

@@ -51,7 +51,8 @@ def inactive_report(family: str, config: NAGConfig | None, reason: str) -> NAGRe
 
 
 def report_from_call(family: str, call: CallInfo) -> NAGReport:
-    """Build the report; the only host sync of the call happens here (two scalars)."""
+    """Build the report; the call's host syncs happen here, after the last step (two: the ratio statistics and
+    the guided timesteps)."""
     warnings = list(call.notes)
     if not call.layers:
         if call.negative is None:
@@ -66,14 +67,15 @@ def report_from_call(family: str, call: CallInfo) -> NAGReport:
             )
         return NAGReport(family, call.config, steps_total=call.num_steps, warnings=tuple(warnings))
     tokens = max(call.tokens, 1)
+    ratio_sum, clipped = torch.stack([call.ratio_sum.float(), call.clipped.float()]).tolist()
     return NAGReport(
         family=family,
         config=call.config,
         layers_guided=len(call.layers),
         steps_guided=_count_steps(call.guided_timesteps),
         steps_total=call.num_steps,
-        mean_ratio=call.ratio_sum.item() / tokens,
-        clipped_fraction=call.clipped.item() / tokens,
+        mean_ratio=ratio_sum / tokens,
+        clipped_fraction=clipped / tokens,
         warnings=tuple(warnings),
     )
 

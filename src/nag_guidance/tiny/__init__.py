@@ -15,6 +15,7 @@ _LOADING_NAMES = (
     "DEFAULT_STEPS",
     "TEACHER_STEPS",
     "WeightsError",
+    "is_embedded",
     "load_feature_net",
     "load_pipeline",
     "load_teacher_unet",

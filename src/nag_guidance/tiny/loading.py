@@ -46,6 +46,12 @@ def weights_path() -> Path:
     return Path(__file__).resolve().parent / "weights"
 
 
+def is_embedded(pipe: object) -> bool:
+    """Whether ``pipe`` was loaded from the shipped weights folder (so it gets the ``tiny`` preset)."""
+    name = getattr(pipe, "name_or_path", None)
+    return bool(name) and Path(name).resolve() == weights_path() / PIPELINE_DIR
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

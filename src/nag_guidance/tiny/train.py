@@ -159,7 +159,7 @@ class ThreadGovernor:
     """Uses one torch thread while another process competes for the CPU, ``threads`` otherwise.
 
     On a 2-core machine shared with a test run, two OpenMP threads wait on each other at every barrier and
-    a step gets 3–5× slower; one thread on the free core loses far less. Reads the kernel's count of runnable
+    a step gets 3–40× slower; one thread on the free core loses far less. Reads the kernel's count of runnable
     threads (``/proc/loadavg``) and switches only after the same verdict several steps in a row.
     """
 
