@@ -47,6 +47,14 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def read_manifest(out: Path, keys: set[str] | None = None) -> list[dict[str, Any]]:
+    """The merged manifest's records, only those of ``keys`` when given: a reused output folder may also hold
+    records of other runs."""
+    lines = (out / MANIFEST).read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return [r for r in records if keys is None or r["key"] in keys]
+
+
 def finished_keys(out: Path) -> set[str]:
     """Keys of the items some process already finished (every rank's manifest, and the merged one)."""
     keys: set[str] = set()

@@ -162,17 +162,7 @@ def run(
 
     todo = items(quick, kinds, seeds)
     batch.run_items(todo, out, work, progress=progress, device=device)
-    return read_records(out, {item.key for item in todo})
-
-
-def read_records(out: Path, keys: set[str] | None = None) -> list[dict]:
-    """The merged manifest's records (only those of ``keys``: a resumed run folder may hold results of other
-    settings)."""
-    import json
-
-    path = out / batch.MANIFEST
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in records if keys is None or r["key"] in keys]
+    return batch.read_manifest(out, {item.key for item in todo})
 
 
 def with_suppression(records: list[dict]) -> list[dict]:

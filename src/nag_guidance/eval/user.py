@@ -52,9 +52,7 @@ def run(
         return {"method": payload["method"], "prompt_score": prompt_scores, "negative_score": negative_scores}
 
     batch.run_items(items, out, work, device=device)
-    keys = {item.key for item in items}  # the folder may hold other runs' records (e.g. the embedded-model eval)
-    lines = (out / batch.MANIFEST).read_text(encoding="utf-8").splitlines()
-    records = [r for r in map(json.loads, lines) if r["key"] in keys]
+    records = batch.read_manifest(out, {item.key for item in items})
     summary = {}
     for method in generation.METHODS:
         rows = [r for r in records if r["method"] == method]
