@@ -8,11 +8,14 @@ negative too, with no per-model code. Each text-attention layer's processor is t
 
 1. the context is split back into the prompt's tokens and the negative's (tokens the model put in front of
    the text, like Wan I2V's image context, are shared by both);
-2. the original processor runs on the conditional rows with the negative context, while its output
-   projection ``to_out[0]`` is tapped: its input is Z-, and the projection itself is skipped;
-3. the original processor runs as stock with the prompt context, and the tap on ``to_out[0]`` replaces the
-   conditional rows of its input, Z+, by NAG(Z+, Z-) before the projection. The query projection of step 2 is
+2. the original processor runs on the conditional rows with the negative context and a *view* of the
+   attention module whose ``to_out[0]`` keeps its input, Z-, and skips the projection;
+3. the original processor runs as stock with the prompt context and a view whose ``to_out[0]`` replaces the
+   conditional rows of its input, Z+, by NAG(Z+, Z-) before projecting. The query projection of step 2 is
    reused here, so the extra cost per layer is one attention over the negative's tokens.
+
+The views (``_BranchView``) stand in for the module only inside the processor call; the module itself is never
+changed, so compiled denoisers (``torch.compile``, ``compile_repeated_blocks``) trace NAG like any other code.
 
 Running diffusers' own processor keeps attention backends, masks, norms, RoPE and gating exactly as stock.
 Outside guided forwards the wrappers pass straight through.
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 
 from nag_guidance.integration import negative_text
-from nag_guidance.integration.hooks import ProcessorWrapper, routed_forward
+from nag_guidance.integration.hooks import ProcessorWrapper
 from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState
 
@@ -50,16 +53,16 @@ class CrossAttentionNAG(ProcessorWrapper):
         positive, negative = _split(bound, plan)
         rows = plan.rows
         hidden = bound.arguments["hidden_states"]
-        box: dict[str, torch.Tensor] = {}
-        with routed_forward(attn.to_q, _remember_query(box)), routed_forward(attn.to_out[0], _capture(box)):
-            self.processor(*_take_rows(negative, rows, hidden.shape[0]).args, **negative.kwargs)
-        if "z_neg" not in box:
-            self.state.call.note(f"{self.layer}: the processor never called to_out[0]: left unguided")
-            return self.processor(*positive.args, **positive.kwargs)
-        reuse = _reuse_query(box, rows)
-        guide = _guide(self.state, self.layer, rows, box["z_neg"])
-        with routed_forward(attn.to_q, reuse), routed_forward(attn.to_out[0], guide):
-            return self.processor(*positive.args, **positive.kwargs)
+        negative = _take_rows(negative, rows, hidden.shape[0])
+        capture = _NegativeBranch(attn)
+        self.processor(capture, *negative.args[1:], **negative.kwargs)
+        if capture.z_neg is None:
+            raise RuntimeError(
+                f"{self.layer}: {type(self.processor).__name__} never called attn.to_out[0], so NAG cannot read its "
+                "attention output; this processor is not supported"
+            )
+        guided = _PositiveBranch(attn, rows, capture.query, capture.z_neg, self.state, self.layer)
+        return self.processor(guided, *positive.args[1:], **positive.kwargs)
 
 
 def _split(bound, plan: ForwardPlan):
@@ -105,60 +108,75 @@ def _take_rows(bound, rows: slice, batch: int):
     return _rebind(bound, **taken)
 
 
-def _remember_query(box: dict):
-    def make(_module, original):
-        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            box["query"] = out = original(x, *args, **kwargs)
-            return out
+class _BranchView:
+    """The attention module as one branch's processor call sees it: ``to_q`` and ``to_out`` are the branch's
+    taps; every other attribute is the module's own, looked up at call time (so LoRA layers, offload hooks and
+    backends are the current ones). Nothing on the module is changed, which keeps ``torch.compile`` happy."""
 
-        return forward
+    def __init__(self, attn: torch.nn.Module) -> None:
+        self.attn = attn
 
-    return make
-
-
-def _capture(box: dict):
-    """Tap for the negative branch: keep Z- and skip the output projection (its result is never used)."""
-
-    def make(projection, original):
-        width = getattr(projection, "out_features", None)
-
-        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            box["z_neg"] = x
-            return x.new_zeros(*x.shape[:-1], width) if width else original(x, *args, **kwargs)
-
-        return forward
-
-    return make
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.attn, name)
 
 
-def _reuse_query(box: dict, rows: slice):
-    """Tap for the prompt branch: the conditional rows' query was already computed by the negative branch."""
+class _NegativeBranch(_BranchView):
+    """Keeps the query projection and Z- (the input of ``to_out[0]``); the output projection is skipped, since
+    the negative branch's output is never used."""
 
-    def make(_module, original):
-        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            query = box.get("query")
-            if query is None or x.shape[1:-1] != query.shape[1:-1] or rows.stop - rows.start != query.shape[0]:
-                return original(x, *args, **kwargs)
-            parts = [original(x[: rows.start], *args, **kwargs)] if rows.start > 0 else []
-            parts.append(query)
-            if rows.stop < x.shape[0]:
-                parts.append(original(x[rows.stop :], *args, **kwargs))
-            return parts[0] if len(parts) == 1 else torch.cat(parts)
+    def __init__(self, attn: torch.nn.Module) -> None:
+        super().__init__(attn)
+        self.query: torch.Tensor | None = None
+        self.z_neg: torch.Tensor | None = None
+        self.to_q = _Projection(attn.to_q, self._project_query)
+        self.to_out = (_Projection(attn.to_out[0], self._capture), torch.nn.Identity())
 
-        return forward
+    def _project_query(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.query = self.attn.to_q(x, *args, **kwargs)
+        return self.query
 
-    return make
+    def _capture(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.z_neg = x
+        width = getattr(self.attn.to_out[0], "out_features", x.shape[-1])
+        return x.new_zeros(()).expand(*x.shape[:-1], width)  # a zero view: nothing is computed or stored
 
 
-def _guide(state: NAGState, layer: str, rows: slice, z_neg: torch.Tensor):
-    """Tap for the prompt branch: replace the conditional rows of Z+ by NAG(Z+, Z-), then project."""
+class _PositiveBranch(_BranchView):
+    """Reuses the negative branch's query for the guided rows and replaces them in Z+ by NAG(Z+, Z-) before the
+    output projection."""
 
-    def make(_module, original):
-        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            x = x.clone() if x._base is not None or not x.is_contiguous() else x  # guide a buffer of our own
-            state.guide_(layer, x[rows], z_neg)
-            return original(x, *args, **kwargs)
+    def __init__(
+        self, attn: torch.nn.Module, rows: slice, query: torch.Tensor | None, z_neg: torch.Tensor, state, layer: str
+    ) -> None:
+        super().__init__(attn)
+        self.rows, self.query, self.z_neg, self.state, self.layer = rows, query, z_neg, state, layer
+        self.to_q = _Projection(attn.to_q, self._project_query)
+        self.to_out = (_Projection(attn.to_out[0], self._guide_and_project), attn.to_out[1])
 
-        return forward
+    def _project_query(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        project, rows, query = self.attn.to_q, self.rows, self.query
+        if query is None or x.shape[1:-1] != query.shape[1:-1] or rows.stop - rows.start != query.shape[0]:
+            return project(x, *args, **kwargs)
+        parts = [project(x[: rows.start], *args, **kwargs)] if rows.start > 0 else []
+        parts.append(query)
+        if rows.stop < x.shape[0]:
+            parts.append(project(x[rows.stop :], *args, **kwargs))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    return make
+    def _guide_and_project(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        x = x.clone() if x._base is not None or not x.is_contiguous() else x  # guide a buffer of our own
+        self.state.guide_(self.layer, x[self.rows], self.z_neg)
+        return self.attn.to_out[0](x, *args, **kwargs)
+
+
+class _Projection:
+    """A stand-in for one projection module: calls go to ``call``, attribute reads (``weight``...) to the module."""
+
+    def __init__(self, module: torch.nn.Module, call) -> None:
+        self.module, self.call = module, call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.call(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)

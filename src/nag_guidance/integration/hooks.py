@@ -2,8 +2,8 @@
 
 Everything here is installed so that it can be undone exactly (the undo restores the very objects that were
 there) and composes with other hooks on the same modules: torch's own module hooks (accelerate's offload hooks
-and peft's LoRA layers keep working), temporary ``forward`` overrides that put back whatever was there before,
-and processor wrappers that keep the wrapped processor reachable and its signature visible.
+and peft's LoRA layers keep working) and processor wrappers that keep the wrapped processor reachable and its
+signature visible. No module's ``forward`` is ever replaced, so compiled models stay compiled.
 """
 
 from __future__ import annotations
@@ -19,24 +19,6 @@ import torch
 from nag_guidance.integration.state import NAGState
 
 _MISSING = object()
-
-
-@contextmanager
-def routed_forward(module: torch.nn.Module, make: Callable[[torch.nn.Module, Callable], Callable]) -> Iterator[None]:
-    """Temporarily route ``module``'s forward through ``make(module, original_forward)``.
-
-    The module is looked up by the caller at call time, so a layer that peft or accelerate replaced or wrapped
-    after ``nag.apply`` is routed as it is now. Whatever instance-level ``forward`` was there is put back.
-    """
-    saved = module.__dict__.get("forward", _MISSING)
-    module.forward = make(module, module.forward)
-    try:
-        yield
-    finally:
-        if saved is _MISSING:
-            del module.forward
-        else:
-            module.forward = saved
 
 
 def bind_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> inspect.BoundArguments:
