@@ -7,7 +7,12 @@ or the ``tiny`` preset for the embedded model.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import numbers
+import operator
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +33,17 @@ nag: NAG with the negative (the model's own CFG setting unchanged)."""
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_CFG_SCALE = 5.0
+
+MAX_STEPS = 1000
+"""Most denoising steps a request may ask for (the schedulers' training schedules have 1000 timesteps)."""
+MAX_NUM_IMAGES = 1000
+"""Most images one request may ask for."""
+MAX_SIDE = 4096
+"""Largest image height or width."""
+SIDE_MULTIPLE = 8
+"""Heights and widths are multiples of this (every supported family's VAE downsamples by at least 8)."""
+MAX_SEED = 2**63 - 1
+"""Largest seed of any image of a request (what ``torch.Generator.manual_seed`` takes, signed)."""
 
 
 class ModelLoadError(RuntimeError):
@@ -68,17 +84,112 @@ class Request:
     end: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(self.prompt).__name__}")
-        if self.num_images < 1:
-            raise ValueError(f"num_images={self.num_images} is invalid: at least 1")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps={self.steps} is invalid: at least 1")
-        if self.seed < 0:
-            raise ValueError(f"seed={self.seed} is invalid: must be >= 0")
-        if self.cfg_scale < 1:
-            raise ValueError(f"cfg_scale={self.cfg_scale} is invalid: must be >= 1")
+        check_text("prompt", self.prompt)
+        if self.negative is not None:
+            check_text("negative", self.negative)
+        ints = {"steps": self.steps, "seed": self.seed, "num_images": self.num_images}
+        ints |= {"height": self.height, "width": self.width}
+        for name, value in ints.items():
+            if value is not None:
+                object.__setattr__(self, name, _whole(name, value))
+        for name in ("guidance", "cfg_scale"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _real(name, getattr(self, name)))
+        if not 1 <= self.num_images <= MAX_NUM_IMAGES:
+            raise ValueError(f"num_images={self.num_images} is invalid: allowed is 1 to {MAX_NUM_IMAGES}")
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps={self.steps} is invalid: allowed is 1 to {MAX_STEPS}")
+        if not 0 <= self.seed <= MAX_SEED - (self.num_images - 1):
+            raise ValueError(f"seed={self.seed} is invalid: allowed is 0 to {MAX_SEED} for every image's seed")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and not (0 < value <= MAX_SIDE and value % SIDE_MULTIPLE == 0):
+                raise ValueError(
+                    f"{name}={value} is invalid: allowed is a multiple of {SIDE_MULTIPLE} from {SIDE_MULTIPLE} "
+                    f"to {MAX_SIDE}"
+                )
+        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"guidance={self.guidance} is invalid: allowed is a finite number >= 0")
+        if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 1):
+            raise ValueError(f"cfg_scale={self.cfg_scale} is invalid: allowed is a finite number >= 1")
         NAGConfig().with_overrides(scale=self.scale, tau=self.tau, alpha=self.alpha, start=self.start, end=self.end)
+
+
+def check_text(name: str, text: Any) -> str:
+    """A prompt must be a string that can be written out as UTF-8: undecodable bytes of a command line arrive
+    as lone surrogates (``\\udcff``), which the tokenizer and the PNG text chunks cannot take."""
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{name} is not valid text: undecodable byte(s) at character {error.start} (is the terminal UTF-8?)"
+        ) from None
+    return text
+
+
+def _whole(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is invalid: expected a whole number")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name}={value!r} is invalid: expected a whole number") from None
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={value!r} is invalid: expected a number")
+    return float(value)
+
+
+def check_device(device: Any) -> str:
+    """``device`` if torch can put tensors there, else a ``ValueError`` that says why (unknown name, no CUDA...)."""
+    if not isinstance(device, str):
+        raise ValueError(f"device={device!r} is invalid: expected a name such as cpu, cuda, cuda:1, mps")
+    try:
+        parsed = torch.device(device)
+    except Exception:  # torch raises RuntimeError for unknown types, other errors for odd text
+        raise ValueError(f"device {device!r} is not a torch device; examples: cpu, cuda, cuda:1, mps, xpu") from None
+    if parsed.type == "meta":
+        raise ValueError("device 'meta' holds no data: images cannot be generated there")
+    backends = {
+        "cuda": lambda: torch.cuda.is_available(),
+        "mps": lambda: torch.backends.mps.is_available(),
+        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+    }
+    if parsed.type in backends and not backends[parsed.type]():
+        raise ValueError(f"device {device!r} is not available: this torch ({torch.__version__}) sees no "
+                         f"{parsed.type} device here (use --device cpu)")  # fmt: skip
+    try:
+        torch.empty(1, device=parsed)
+    except Exception as error:  # e.g. cuda:7 on a machine with one GPU, a backend this torch lacks
+        reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise ValueError(f"device {device!r} is not available: {reason or type(error).__name__}") from None
+    return device
+
+
+def check_output_folder(folder: Path, option: str = "--out") -> Path:
+    """Create ``folder`` if needed and make sure files can be written there, before any long work; a
+    ``ValueError`` says why not (a file in the way, no permission, a read-only place)."""
+    folder = Path(folder)
+    try:
+        for place in (folder, *folder.parents):
+            if place.exists():
+                if not place.is_dir():
+                    what = "is a file" if place == folder else f"is under {place}, which is a file"
+                    raise ValueError(f"{option} {folder} {what}, not a folder")
+                break
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except (OSError, ValueError) as error:
+        if isinstance(error, ValueError) and str(error).startswith(option):
+            raise
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ValueError(f"{option} {folder}: cannot write there ({reason})") from None
+    return folder
 
 
 @dataclass
@@ -99,6 +210,7 @@ def load(model: str | None = None, device: str = "cpu", dtype: str = "float32", 
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is unknown; allowed: {', '.join(DTYPES)}")
+    check_device(device)
     torch_dtype = DTYPES[dtype]
     name = model or EMBEDDED
     if name == EMBEDDED:
@@ -245,13 +357,26 @@ def png_info(metadata: dict[str, Any]) -> PngImagePlugin.PngInfo:
     return info
 
 
-def save(result: Result, folder: Path, prefix: str = "") -> list[Path]:
-    """Write ``{prefix}{method}-{seed}.png`` files with their metadata; returns the paths."""
+def save(result: Result, folder: Path, prefix: str = "", overwrite: bool = True) -> list[Path]:
+    """Write ``{prefix}{method}-{seed}.png`` files with their metadata; returns the paths. With
+    ``overwrite=False`` an existing file is never replaced: the new one gets a ``-1``, ``-2``... suffix."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for image, metadata in zip(result.images, result.metadata, strict=True):
-        path = folder / f"{prefix}{result.method}-{metadata['seed']:05d}.png"
-        image.save(path, pnginfo=png_info(metadata))
+        stem = f"{prefix}{result.method}-{metadata['seed']:05d}"
+        if overwrite:
+            path = folder / f"{stem}.png"
+            image.save(path, pnginfo=png_info(metadata))
+        else:
+            for number in itertools.count():
+                path = folder / f"{stem}{f'-{number}' if number else ''}.png"
+                try:
+                    file = path.open("xb")  # atomic: two writers never get the same name
+                except FileExistsError:
+                    continue
+                with file:
+                    image.save(file, format="PNG", pnginfo=png_info(metadata))
+                break
         paths.append(path)
     return paths
 
