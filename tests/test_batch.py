@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nag_guidance import batch
+from nag_guidance.generation import read_metadata
 
 
 def fake_items(count: int) -> list[batch.Item]:
@@ -87,6 +88,60 @@ def test_a_truncated_manifest_line_is_redone(tmp_path):
     assert calls == [1]
 
 
+def _records_point_at_their_own_pngs(out: Path) -> list[dict]:
+    records = manifest(out)
+    files = [name for record in records for name in record["files"]]
+    assert len(files) == len(set(files)), "two records point at one file"
+    assert sorted(files) == sorted(p.name for p in out.glob("*.png"))
+    for record in records:
+        for name in record["files"]:
+            assert read_metadata(out / name)["prompt"] == record["prompt"]
+    return records
+
+
+def test_reusing_out_with_another_negative_keeps_every_result(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a circle\na square\n")
+    out = tmp_path / "out"
+    settings = {"steps": 1, "num_images": 1}
+    batch.run_batch(prompts, out, None, "nag", {**settings, "negative": "red"})
+    batch.run_batch(prompts, out, None, "nag", {**settings, "negative": "blue"})
+    records = _records_point_at_their_own_pngs(out)
+    assert len(records) == 4
+    negatives = sorted(read_metadata(out / r["files"][0])["negative"] for r in records)
+    assert negatives == ["blue", "blue", "red", "red"]  # before: every "red" record's PNG said blue
+
+
+def test_a_prompts_file_with_an_inserted_line_overwrites_nothing(tmp_path):
+    prompts, out = tmp_path / "prompts.txt", tmp_path / "out"
+    settings = {"negative": "red", "steps": 1, "num_images": 1}
+    prompts.write_text("a circle\na square\n")
+    batch.run_batch(prompts, out, None, "nag", settings)
+    prompts.write_text("a circle\na triangle\na square\n")  # "a square" moves from index 1 to 2
+    summary = batch.run_batch(prompts, out, None, "nag", settings)
+    assert summary["already_done"] == 1
+    assert len(_records_point_at_their_own_pngs(out)) == 4
+
+
+def test_an_interrupted_batch_resumes_into_the_same_files(tmp_path):
+    prompts, out = tmp_path / "prompts.txt", tmp_path / "out"
+    prompts.write_text("a circle\na square\n")
+    settings = {"negative": "red", "steps": 1, "num_images": 2}
+    batch.run_batch(prompts, out, None, "nag", settings)
+    for name in ("manifest-rank0.jsonl", batch.MANIFEST):  # the crash came after item 1's PNGs, before its line
+        path = out / name
+        path.write_text(path.read_text().splitlines()[0] + "\n")
+    summary = batch.run_batch(prompts, out, None, "nag", settings)
+    assert (summary["already_done"], summary["ran_here"]) == (1, 1)
+    assert len(_records_point_at_their_own_pngs(out)) == 2  # item 1 rewrote its own files, no extra copies
+
+
+def test_prompts_file_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("# a comment first\na circle\n", encoding="utf-8-sig")  # Windows Notepad's UTF-8
+    assert batch.read_prompts(path) == ["a circle"]
+
+
 def test_prompts_file_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         batch.read_prompts(tmp_path / "missing.txt")
@@ -94,6 +149,12 @@ def test_prompts_file_errors(tmp_path):
     empty.write_text("# only a comment\n\n")
     with pytest.raises(ValueError, match="no prompts"):
         batch.read_prompts(empty)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("a circle\nun caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8 text: byte 0xe9 on line 2"):
+        batch.read_prompts(latin1)
+    with pytest.raises(ValueError, match="it is a folder"):
+        batch.read_prompts(tmp_path)
 
 
 PROMPTS = ["a circle", "a square", "a triangle", "a red shape", "a circle on a white background"]

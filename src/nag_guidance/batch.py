@@ -37,10 +37,19 @@ class Item:
 
 
 def read_prompts(path: Path) -> list[str]:
-    """Non-empty lines of a text file; lines starting with '#' are comments."""
+    """Non-empty lines of a UTF-8 text file (a byte-order mark is allowed); lines starting with '#' are
+    comments."""
     if not path.is_file():
-        raise ValueError(f"prompts file {path} does not exist")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        raise ValueError(f"prompts file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a BOM must not turn a leading '# comment' into a prompt
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        byte = error.object[error.start]
+        raise ValueError(f"prompts file {path} is not UTF-8 text: byte {byte:#04x} on line {line}") from None
+    except OSError as error:
+        raise ValueError(f"prompts file {path} cannot be read: {error.strerror or error}") from None
+    lines = [line.strip() for line in text.splitlines()]
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise ValueError(f"prompts file {path} has no prompts")
@@ -147,7 +156,10 @@ def run_batch(
     dtype: str = "float32",
     preset: str | None = None,
 ) -> dict[str, Any]:
-    """``nag generate --prompts``: every prompt with the same settings, images named ``{index}-{method}-{seed}``."""
+    """``nag generate --prompts``: every prompt with the same settings, images named
+    ``{index}-{key}-{method}-{seed}.png``: the item's key (a hash of the whole work) in the name means that a reused
+    ``out`` never overwrites a result of other work that a manifest record points to, while a resumed identical
+    run rewrites only its own unfinished item."""
     from nag_guidance import generation
 
     prompts = read_prompts(prompts_file)
@@ -155,6 +167,8 @@ def run_batch(
     if method not in generation.METHODS:
         raise ValueError(f"method {method!r} is unknown; allowed: {', '.join(generation.METHODS)}")
     generation.Request(prompt="", **settings)  # validate every setting before loading anything
+    generation.check_device(device)
+    generation.check_output_folder(out)
     state = process_state(device)
     if device != "cpu" and state.device.type != "cpu":
         device = str(state.device)  # one accelerator per process
@@ -163,7 +177,7 @@ def run_batch(
     def work(item: Item) -> dict[str, Any]:
         request = generation.Request(prompt=item.payload["prompt"], **settings)
         result = generation.run(loaded, request, method)
-        paths = generation.save(result, out, prefix=f"{item.index:05d}-")
+        paths = generation.save(result, out, prefix=f"{item.index:05d}-{item.key}-")
         return {"prompt": request.prompt, "files": [p.name for p in paths]}
 
     identity = {**settings, "model": loaded.name, "preset": loaded.preset_name, "dtype": dtype}
