@@ -8,9 +8,11 @@ included); no request can choose a path.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,9 @@ class Generator:
         self, prompt: str, negative: str, name: str, steps: int, seed: int, scale: float, tau: float, alpha: float,
         end: float, cfg_scale: float,
     ) -> tuple[Any, Any, Any, str]:  # fmt: skip
+        for label, text in (("prompt", prompt), ("negative prompt", negative)):
+            if text is not None and not isinstance(text, str):
+                raise ValueError(f"The {label} must be text.")
         prompt, negative = (prompt or "").strip(), (negative or "").strip()
         if not prompt:
             raise ValueError("Write a prompt first.")
@@ -68,18 +73,37 @@ class Generator:
         for label, text in (("prompt", prompt), ("negative prompt", negative)):
             if len(text) > MAX_PROMPT_CHARS:
                 raise ValueError(f"The {label} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
+        numbers = {"scale": scale, "tau": tau, "alpha": alpha, "end": end, "cfg_scale": cfg_scale}
         request = generation.Request(
-            prompt=prompt, negative=negative, steps=int(steps), seed=int(seed), scale=scale, tau=tau, alpha=alpha,
-            end=end, cfg_scale=cfg_scale,
+            prompt=prompt, negative=negative, steps=_whole("steps", steps), seed=_whole("seed", seed),
+            **{key: _number(key, value) for key, value in numbers.items()},
         )  # fmt: skip
         model = self.model(name)
         results = {method: generation.run(model, request, method) for method in generation.METHODS}
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        # the second alone is not unique (equal seeds finishing in the same second); the token is, per request,
+        # and save(overwrite=False) never replaces a file even then
+        prefix = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}-"
         for result in results.values():
-            generation.save(result, self.out, prefix=f"{stamp}-")
+            generation.save(result, self.out, prefix=prefix, overwrite=False)
         report = results["nag"].report
         verdict = "NAG acted" if report is not None and report.active else "NAG had **no effect**"
         return (*(_for_display(results[m].images[0]) for m in generation.METHODS), f"{verdict}: {report}")
+
+
+def _whole(name: str, value: Any) -> int:
+    """A whole number from the page (a slider or number field sends floats, the API anything JSON holds)."""
+    number = _number(name, value)
+    if isinstance(number, int):
+        return number
+    if not (math.isfinite(number) and number.is_integer()):
+        raise ValueError(f"{name}={value!r} is invalid: expected a whole number")
+    return int(number)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} is invalid: expected a number")
+    return value
 
 
 def _for_display(image, size: int = 256):
@@ -104,8 +128,7 @@ def build(
     import gradio as gr
 
     models = models or [generation.EMBEDDED]
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = generation.check_output_folder(Path(out).resolve())
     os.environ["GRADIO_TEMP_DIR"] = str(out / "gradio-cache")  # Gradio's own files stay in our folder too
     make = Generator(models, out, device, dtype)
     defaults = make.defaults(models[0])
