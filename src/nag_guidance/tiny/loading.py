@@ -4,6 +4,10 @@ Layout under ``tiny/weights/``: ``pipeline/`` is a standard ``save_pretrained`` 
 ``unet/``) that stock ``StableDiffusionPipeline.from_pretrained`` loads; ``teacher_unet/`` is the multi-step
 teacher (``UNet2DConditionModel.from_pretrained``); ``features/`` is the Fréchet feature network;
 ``metadata.json`` records the recipe and stage times; ``manifest.json`` holds the sha256 of every other file.
+
+The second model, ``tiny-flux``, lives in ``tiny/weights/flux/`` with its own manifest (the SD manifest and
+export leave that folder alone): ``pipeline/`` is a stock ``FluxPipeline.from_pretrained`` folder (student
+transformer as ``transformer/``), ``teacher_transformer/`` the multi-step teacher, plus ``metadata.json``.
 """
 
 from __future__ import annotations
@@ -14,12 +18,19 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
 from nag_guidance.tiny.data import IMAGE_SIZE
 from nag_guidance.tiny.features import FeatureNet
+from nag_guidance.tiny.flux_model import DEFAULT_SAMPLE_SIZE, TEXT_TOKENS, build_flux_scheduler
 from nag_guidance.tiny.model import build_scheduler
 
 DEFAULT_STEPS = 4
@@ -35,6 +46,12 @@ PIPELINE_DIR = "pipeline"
 TEACHER_DIR = "teacher_unet"
 FEATURES_FILE = "features/model.safetensors"
 METADATA_FILE = "metadata.json"
+FLUX_DIR = "flux"
+FLUX_TEACHER_DIR = "teacher_transformer"
+MODELS = ("tiny", "tiny-flux")
+FLUX_MAX_SEQUENCE_LENGTH = TEXT_TOKENS
+"""What to pass as ``max_sequence_length`` when calling the tiny-flux pipeline (it is trained with this many
+T5 tokens; Flux attends to padding, so the pipeline's default of 512 gives worse images)."""
 
 
 class WeightsError(RuntimeError):
@@ -44,6 +61,11 @@ class WeightsError(RuntimeError):
 def weights_path() -> Path:
     """Folder of the weights shipped inside the package."""
     return Path(__file__).resolve().parent / "weights"
+
+
+def flux_weights_path() -> Path:
+    """Folder of the shipped tiny-flux weights."""
+    return weights_path() / FLUX_DIR
 
 
 def is_embedded(pipe: object) -> bool:
@@ -60,9 +82,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _own_files(root: Path) -> list[Path]:
+    """Files under ``root`` except its manifest and anything in a nested weights set (a sub-folder with its own
+    manifest, such as ``flux/`` inside the SD weights)."""
+    nested = [d for d in root.rglob("*") if d.is_dir() and (d / MANIFEST).is_file()]
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p != root / MANIFEST and not any(d in p.parents or p == d for d in nested)
+    )
+
+
+def _clear(root: Path) -> None:
+    """Remove the weights set under ``root`` (nested sets stay), creating ``root`` if needed."""
+    root.mkdir(parents=True, exist_ok=True)
+    for file in _own_files(root) + [root / MANIFEST]:
+        file.unlink(missing_ok=True)
+    for folder in sorted((d for d in root.rglob("*") if d.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def write_manifest(root: Path) -> dict[str, str]:
-    """Hash every file under ``root`` (except the manifest itself) into ``root/manifest.json``."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    """Hash every file under ``root`` (except the manifest itself and nested weights sets) into
+    ``root/manifest.json``."""
+    files = _own_files(root)
     hashes = {p.relative_to(root).as_posix(): _sha256(p) for p in files}
     (root / MANIFEST).write_text(json.dumps({"sha256": hashes}, indent=2) + "\n")
     return hashes
@@ -95,9 +139,17 @@ def load_pipeline(
     unet: str = "student",
     path: Path | None = None,
     verify: bool = True,
-) -> StableDiffusionPipeline:
+    model: str = "tiny",
+) -> StableDiffusionPipeline | FluxPipeline:
     """The embedded model as a stock ``StableDiffusionPipeline`` (no safety checker), ``unet`` = "student"
-    (few-step, default) or "teacher" (many-step rectified flow, same text encoder and VAE)."""
+    (few-step, default) or "teacher" (many-step rectified flow, same text encoder and VAE).
+
+    ``model="tiny-flux"`` gives the second embedded model instead (``load_flux_pipeline``; ``unet`` then picks
+    its student or teacher transformer)."""
+    if model not in MODELS:
+        raise ValueError(f"model={model!r} is unknown; allowed: {', '.join(MODELS)}")
+    if model == "tiny-flux":
+        return load_flux_pipeline(device, dtype, unet, path, verify)
     if unet not in ("student", "teacher"):
         raise ValueError(f"unet={unet!r} is unknown; allowed: student, teacher")
     root = Path(path) if path is not None else weights_path()
@@ -116,6 +168,60 @@ def load_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_flux_pipeline(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    transformer: str = "student",
+    path: Path | None = None,
+    verify: bool = True,
+) -> FluxPipeline:
+    """The tiny-flux model as a stock ``FluxPipeline``, ``transformer`` = "student" (1–4 steps, default) or
+    "teacher" (many-step rectified flow). ``default_sample_size`` is set so that height and width default to
+    32 px; call it with ``max_sequence_length=FLUX_MAX_SEQUENCE_LENGTH``."""
+    if transformer not in ("student", "teacher"):
+        raise ValueError(f"transformer={transformer!r} is unknown; allowed: student, teacher")
+    root = Path(path) if path is not None else flux_weights_path()
+    if verify:
+        verify_weights(root)
+    components = {}
+    if transformer == "teacher":
+        components["transformer"] = FluxTransformer2DModel.from_pretrained(root / FLUX_TEACHER_DIR, dtype=dtype)
+    pipe = FluxPipeline.from_pretrained(root / PIPELINE_DIR, dtype=dtype, **components)
+    pipe.default_sample_size = DEFAULT_SAMPLE_SIZE
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def write_flux_weights(
+    root: Path,
+    tokenizers: tuple[CLIPTokenizer, T5Tokenizer],
+    text_encoders: tuple[CLIPTextModel, T5EncoderModel],
+    vae: AutoencoderKL,
+    student: FluxTransformer2DModel,
+    teacher: FluxTransformer2DModel,
+    metadata: dict,
+) -> None:
+    """Write the tiny-flux weights folder and its manifest, replacing what was there (fp16 transformers and VAE,
+    fp32 text encoders, for the reason given in ``write_weights``)."""
+    _clear(root)
+    half = torch.float16
+    vae = copy_as(vae, half)
+    vae.register_to_config(shift_factor=0.0)
+    pipe = FluxPipeline(
+        scheduler=build_flux_scheduler(),
+        vae=vae,
+        text_encoder=copy_as(text_encoders[0], torch.float32),
+        tokenizer=tokenizers[0],
+        text_encoder_2=copy_as(text_encoders[1], torch.float32),
+        tokenizer_2=tokenizers[1],
+        transformer=copy_as(student, half),
+    )
+    pipe.save_pretrained(root / PIPELINE_DIR)
+    copy_as(teacher, half).save_pretrained(root / FLUX_TEACHER_DIR)
+    (root / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    write_manifest(root)
 
 
 def load_teacher_unet(
@@ -154,12 +260,7 @@ def write_weights(
     encoder stays fp32 because transformers would load it as stored, and stock ``from_pretrained`` without a
     dtype would then pair an fp16 text encoder with an fp32 UNet.
     """
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in sorted(root.rglob("*"), reverse=True):
-        if stale.is_file():
-            stale.unlink()
-        elif stale.is_dir():
-            stale.rmdir()
+    _clear(root)
     half = torch.float16
     pipe = StableDiffusionPipeline(
         vae=copy_as(vae, half),

@@ -18,6 +18,10 @@ Stages, each resumable (a rerun skips finished stages and continues an interrupt
 7. ``export``: weights into the package (fp16 where harmless), with a sha256 manifest.
 8. ``evaluate``: the exported model measured with the analytic checker (written to ``<out>/eval.json``).
 
+The teacher, trajectory and student stages are written once for any flow model (``fit_teacher``,
+``sample_trajectories``, ``distil_student``, driven through a ``Flow``: how to call the model and its inference
+grid); ``flux_train.py`` uses them for the tiny-flux model.
+
 Everything is seeded: data come from ``data.training_batch(seed, step, batch)`` and noise from a generator
 seeded with (stage seed, step), so a resumed run sees exactly the data and noise of an uninterrupted one.
 """
@@ -34,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -55,21 +60,16 @@ from nag_guidance.tiny.model import (
     parameter_count,
 )
 
+RecipeT = TypeVar("RecipeT", bound="FlowRecipe")
+
 STAGES: tuple[str, ...] = ("vae", "decoder", "teacher", "trajectories", "student", "features", "export", "evaluate")
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """Every knob of the training run (recorded in ``<out>/recipe.json`` and the exported ``metadata.json``)."""
+class FlowRecipe:
+    """The knobs of the stages both embedded models' recipes share: teacher, trajectories and student."""
 
     seed: int = 0
-    vae_steps: int = 700
-    vae_batch: int = 64
-    vae_lr: float = 1e-3
-    vae_kl_weight: float = 1e-5
-    decoder_steps: int = 500
-    decoder_lr: float = 5e-4
-    decoder_noise: float = 0.3
     teacher_steps: int = 3600
     teacher_batch: int = 64
     teacher_lr: float = 6e-4
@@ -82,21 +82,40 @@ class Recipe:
     student_batch: int = 64
     student_lr: float = 2e-4
     student_ema: float = 0.995
+    save_every: int = 200
+
+    def scaled(self: RecipeT, factor: float) -> RecipeT:
+        """The same recipe with every step/sample count multiplied by ``factor`` (smoke runs)."""
+        return scale_recipe(self, factor)
+
+
+@dataclass(frozen=True)
+class Recipe(FlowRecipe):
+    """Every knob of the training run (recorded in ``<out>/recipe.json`` and the exported ``metadata.json``)."""
+
+    vae_steps: int = 700
+    vae_batch: int = 64
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-5
+    decoder_steps: int = 500
+    decoder_lr: float = 5e-4
+    decoder_noise: float = 0.3
     features_steps: int = 600
     features_batch: int = 128
     features_lr: float = 2e-3
-    save_every: int = 200
 
-    def scaled(self, factor: float) -> Recipe:
-        """The same recipe with every step/sample count multiplied by ``factor`` (smoke runs)."""
-        changes = {
-            f.name: max(2, int(getattr(self, f.name) * factor))
-            for f in fields(self)
-            if f.name.endswith("_steps") and f.name != "trajectory_steps"
-        }
-        changes["trajectory_count"] = max(self.trajectory_batch, int(self.trajectory_count * factor))
-        changes["save_every"] = max(2, int(self.save_every * factor))
-        return replace(self, **changes)
+
+def scale_recipe(recipe: RecipeT, factor: float) -> RecipeT:
+    """A recipe dataclass with every ``*_steps`` count (but ``trajectory_steps``), the trajectory count and
+    ``save_every`` multiplied by ``factor``."""
+    changes = {
+        f.name: max(2, int(getattr(recipe, f.name) * factor))
+        for f in fields(recipe)
+        if f.name.endswith("_steps") and f.name != "trajectory_steps"
+    }
+    changes["trajectory_count"] = max(recipe.trajectory_batch, int(recipe.trajectory_count * factor))
+    changes["save_every"] = max(2, int(recipe.save_every * factor))
+    return replace(recipe, **changes)
 
 
 STUDENT_GRID_STEPS = 4
@@ -322,16 +341,23 @@ def sample_sigmas(count: int, generator: torch.Generator) -> torch.Tensor:
     return torch.where(pick, uniform, logit_normal).clamp(1e-3, 1.0)
 
 
-def train_teacher(out: Path, recipe: Recipe, timer: StageTimer) -> None:
-    vae = load_vae(out, "vae")
-    tokenizer = build_tokenizer()
-    captions = Captions(tokenizer)
-    torch.manual_seed(recipe.seed)
-    text_encoder, unet = build_text_encoder(tokenizer), build_unet()
-    ema_text, ema_unet = copy.deepcopy(text_encoder).requires_grad_(False), copy.deepcopy(unet).requires_grad_(False)
-    params = [*text_encoder.parameters(), *unet.parameters()]
+def fit_teacher(
+    out: Path,
+    recipe: FlowRecipe,
+    timer: StageTimer,
+    vae: AutoencoderKL,
+    flow: Flow,
+    encode: Callable[[list[str]], Cond],
+    trained: dict[str, torch.nn.Module],
+    denoiser: str,
+) -> None:
+    """Train the modules in ``trained`` jointly as a rectified flow (v = ε − x0 at x_σ = (1−σ)x0 + σε), with
+    the data's empty captions as caption dropout; ``encode`` turns captions into the denoiser's condition
+    (gradients flowing into the text encoders). Saves the EMA weights, by name, to ``teacher/final.pt``."""
+    emas = {name: copy.deepcopy(module).requires_grad_(False) for name, module in trained.items()}
+    params = [p for module in trained.values() for p in module.parameters()]
     optimizer = torch.optim.AdamW(params, lr=recipe.teacher_lr, weight_decay=0.01)
-    modules = {"text_encoder": text_encoder, "unet": unet, "ema_text": ema_text, "ema_unet": ema_unet}
+    modules = {**trained, **{f"ema_{name}": ema for name, ema in emas.items()}}
     total = recipe.teacher_steps
     running = None
     for step in training_loop(out, "teacher", total, recipe.save_every, modules, optimizer, timer):
@@ -341,8 +367,7 @@ def train_teacher(out: Path, recipe: Recipe, timer: StageTimer) -> None:
         noise = torch.randn(x0.shape, generator=generator)
         sigma = sample_sigmas(len(x0), generator).view(-1, 1, 1, 1)
         x = (1 - sigma) * x0 + sigma * noise
-        embeddings = text_encoder(captions.ids(texts))[0]
-        v = unet(x, sigma.flatten() * NUM_TRAIN_TIMESTEPS, embeddings).sample
+        v = flow.predict(trained[denoiser], x, sigma.flatten() * flow.timestep_scale, encode(texts))
         loss = F.mse_loss(v, noise - x0)
         set_lr(optimizer, lr_at(step, total, recipe.teacher_lr))
         optimizer.zero_grad(set_to_none=True)
@@ -350,12 +375,26 @@ def train_teacher(out: Path, recipe: Recipe, timer: StageTimer) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         decay = min(recipe.teacher_ema, (1 + step) / (10 + step))
-        ema_update(ema_text, text_encoder, decay)
-        ema_update(ema_unet, unet, decay)
+        for name, ema in emas.items():
+            ema_update(ema, trained[name], decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0 or step + 1 == total:
             log(f"teacher {step + 1}/{total} loss {running:.4f}")
-    save_atomic({"text_encoder": ema_text.state_dict(), "unet": ema_unet.state_dict()}, out / "teacher" / "final.pt")
+    save_atomic({name: ema.state_dict() for name, ema in emas.items()}, out / "teacher" / "final.pt")
+
+
+def train_teacher(out: Path, recipe: Recipe, timer: StageTimer) -> None:
+    vae = load_vae(out, "vae")
+    tokenizer = build_tokenizer()
+    captions = Captions(tokenizer)
+    torch.manual_seed(recipe.seed)
+    text_encoder, unet = build_text_encoder(tokenizer), build_unet()
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        return text_encoder(captions.ids(texts))[0]
+
+    trained = {"text_encoder": text_encoder, "unet": unet}
+    fit_teacher(out, recipe, timer, vae, SD_FLOW, encode, trained, "unet")
 
 
 def load_teacher(out: Path) -> tuple[CLIPTokenizer, CLIPTextModel, UNet2DConditionModel]:
@@ -375,34 +414,76 @@ def grid(steps: int) -> tuple[tuple[float, ...], tuple[int, ...]]:
     return tuple(scheduler.sigmas.tolist()), tuple(scheduler.timesteps.tolist())
 
 
+Cond = torch.Tensor | tuple[torch.Tensor, ...]
+"""A denoiser's text condition: one tensor (SD: token embeddings) or a tuple (Flux: T5 tokens, CLIP pooled)."""
+
+
+def cond_map(fn: Callable[..., torch.Tensor], *conds: Cond) -> Cond:
+    """``fn`` applied to the condition(s), part by part when they are tuples."""
+    if isinstance(conds[0], torch.Tensor):
+        return fn(*conds)
+    return tuple(fn(*parts) for parts in zip(*conds, strict=True))
+
+
+@dataclass(frozen=True)
+class Flow:
+    """How the shared stages drive one model family: ``predict(model, x, timesteps, cond)`` is the velocity at
+    latents ``x`` (N, 4, 16, 16); the model's timestep is ``timestep_scale · σ``; ``grid(steps)`` gives the
+    sigmas (ending in 0) and model timesteps of the inference grid."""
+
+    predict: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, Cond], torch.Tensor]
+    timestep_scale: float
+    grid: Callable[[int], tuple[tuple[float, ...], tuple[float, ...]]]
+
+
+SD_FLOW = Flow(predict=lambda unet, x, t, cond: unet(x, t, cond).sample, timestep_scale=NUM_TRAIN_TIMESTEPS, grid=grid)
+
+
 def velocity(
-    unet: UNet2DConditionModel,
+    flow: Flow,
+    model: torch.nn.Module,
     x: torch.Tensor,
     timestep: float,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    cond: Cond,
+    uncond: Cond,
     guidance: float,
 ) -> torch.Tensor:
-    """UNet velocity, with classifier-free guidance when ``guidance`` ≠ 1."""
+    """Model velocity, with classifier-free guidance when ``guidance`` ≠ 1."""
     t = torch.full((len(x),), float(timestep))
     if guidance == 1.0:
-        return unet(x, t, cond).sample
-    both = unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond])).sample
+        return flow.predict(model, x, t, cond)
+    both = flow.predict(
+        model, torch.cat([x, x]), torch.cat([t, t]), cond_map(lambda u, c: torch.cat([u, c]), uncond, cond)
+    )
     v_uncond, v_cond = both.chunk(2)
     return v_uncond + guidance * (v_cond - v_uncond)
 
 
-def make_trajectories(out: Path, recipe: Recipe, timer: StageTimer) -> None:
-    tokenizer, text_encoder, unet = load_teacher(out)
-    captions = Captions(tokenizer)
-    sigmas, timesteps = grid(recipe.trajectory_steps)
-    keep = {sigma: i for i, sigma in enumerate(sigmas)}
-    student_sigmas = grid(STUDENT_GRID_STEPS)[0][1:-1]
-    kept_indices = [keep[s] for s in student_sigmas]  # the 16-step grid contains the 4-step one
+def grid_positions(fine: tuple[float, ...], coarse: tuple[float, ...]) -> list[int]:
+    """Index in ``fine`` of every sigma of ``coarse`` (the finer grid must contain the coarser one)."""
+    positions = [min(range(len(fine)), key=lambda i: abs(fine[i] - s)) for s in coarse]
+    if any(abs(fine[i] - s) > 1e-6 for i, s in zip(positions, coarse, strict=True)):
+        raise ValueError(f"grid {fine} does not contain {coarse}")
+    return positions
+
+
+def sample_trajectories(
+    out: Path,
+    recipe: FlowRecipe,
+    timer: StageTimer,
+    flow: Flow,
+    teacher: torch.nn.Module,
+    encode: Callable[[list[str]], Cond],
+) -> None:
+    """The teacher's guided ODE from fresh noise on its ``trajectory_steps`` grid, keeping the noise, the
+    endpoint and the states on the student's 4-step grid, in chunks under ``trajectories/``."""
+    sigmas, timesteps = flow.grid(recipe.trajectory_steps)
+    kept_indices = grid_positions(sigmas, flow.grid(STUDENT_GRID_STEPS)[0][1:-1])
     folder = out / "trajectories"
     folder.mkdir(parents=True, exist_ok=True)
     chunks = math.ceil(recipe.trajectory_count / recipe.trajectory_batch)
-    uncond = text_encoder(captions.ids([""]))[0]
+    with torch.no_grad():
+        empty = encode([""])
     for chunk in range(chunks):
         path = folder / f"chunk_{chunk:04d}.pt"
         if path.exists():
@@ -411,19 +492,26 @@ def make_trajectories(out: Path, recipe: Recipe, timer: StageTimer) -> None:
         began = time.perf_counter()
         _, _, texts = data.training_batch(recipe.seed + 4, chunk, recipe.trajectory_batch)
         with torch.no_grad():
-            cond = text_encoder(captions.ids(texts))[0]
+            cond = encode(texts)
+            uncond = cond_map(lambda u, c: u.expand_as(c), empty, cond)
             noise = torch.randn(
                 (len(texts), LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE), generator=step_generator(4, chunk)
             )
             x, states = noise, []
             for i, t in enumerate(timesteps):
-                v = velocity(unet, x, t, cond, uncond.expand_as(cond), recipe.trajectory_guidance)
+                v = velocity(flow, teacher, x, t, cond, uncond, recipe.trajectory_guidance)
                 x = x + (sigmas[i + 1] - sigmas[i]) * v
                 if i + 1 in kept_indices:
                     states.append(x)
         save_atomic({"noise": noise, "states": torch.stack(states, 1), "end": x, "captions": texts}, path)
         timer.add("trajectories", time.perf_counter() - began)
         log(f"trajectories {chunk + 1}/{chunks} ({time.perf_counter() - began:.1f}s)")
+
+
+def make_trajectories(out: Path, recipe: Recipe, timer: StageTimer) -> None:
+    tokenizer, text_encoder, unet = load_teacher(out)
+    captions = Captions(tokenizer)
+    sample_trajectories(out, recipe, timer, SD_FLOW, unet, lambda texts: text_encoder(captions.ids(texts))[0])
 
 
 def load_trajectories(out: Path) -> dict[str, torch.Tensor | list[str]]:
@@ -441,9 +529,10 @@ def student_inputs(
     index: torch.Tensor,
     level: torch.Tensor,
     mode: torch.Tensor,
-    student: UNet2DConditionModel,
-    cond: torch.Tensor,
+    student: torch.nn.Module,
+    cond: Cond,
     generator: torch.Generator,
+    flow: Flow = SD_FLOW,
 ) -> torch.Tensor:
     """The states the student is trained on, at 4-step grid level ``level`` (0 = pure noise).
 
@@ -451,7 +540,7 @@ def student_inputs(
     2: the student's own Euler rollout from the same noise, on the 4-step grid or (for the middle level, half
     the time) the 2-step grid.
     """
-    sigmas, timesteps = grid(STUDENT_GRID_STEPS)
+    sigmas, timesteps = flow.grid(STUDENT_GRID_STEPS)
     noise, end = pool["noise"][index], pool["end"][index]
     sigma = torch.tensor(sigmas)[level].view(-1, 1, 1, 1)
     teacher_state = torch.cat([noise[:, None], pool["states"][index]], 1)[torch.arange(len(index)), level]
@@ -461,11 +550,12 @@ def student_inputs(
     if rollout.any():
         rows = rollout.nonzero().flatten()
         two_step = (level[rows] == 2) & (torch.rand(len(rows), generator=generator) < 0.5)
+        row_cond = cond_map(lambda c: c[rows], cond)
         with torch.no_grad():
             state = noise[rows].clone()
             for k in range(int(level[rows].max())):
                 t = torch.full((len(rows),), float(timesteps[k]))
-                v = student(state, t, cond[rows]).sample
+                v = flow.predict(student, state, t, row_cond)
                 active = (level[rows] > k).view(-1, 1, 1, 1)
                 jump = torch.where(two_step & (k == 0), sigmas[2] - sigmas[0], sigmas[k + 1] - sigmas[k])
                 stepped = state + jump.view(-1, 1, 1, 1) * v
@@ -474,14 +564,20 @@ def student_inputs(
     return x
 
 
-def train_student(out: Path, recipe: Recipe, timer: StageTimer) -> None:
-    tokenizer, text_encoder, teacher = load_teacher(out)
-    captions = Captions(tokenizer)
+def distil_student(
+    out: Path,
+    recipe: FlowRecipe,
+    timer: StageTimer,
+    flow: Flow,
+    teacher: torch.nn.Module,
+    encode: Callable[[list[str]], Cond],
+) -> torch.nn.Module:
+    """The few-step student (initialised from ``teacher``) trained on the trajectories; returns its EMA."""
     pool = load_trajectories(out)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     ema = copy.deepcopy(teacher)
     optimizer = torch.optim.AdamW(student.parameters(), lr=recipe.student_lr, weight_decay=0.0)
-    sigmas, timesteps = grid(STUDENT_GRID_STEPS)
+    sigmas, timesteps = flow.grid(STUDENT_GRID_STEPS)
     total = recipe.student_steps
     running = None
     count = len(pool["captions"])
@@ -492,11 +588,11 @@ def train_student(out: Path, recipe: Recipe, timer: StageTimer) -> None:
         level = torch.randint(STUDENT_GRID_STEPS, (recipe.student_batch,), generator=generator)
         mode = torch.randint(3, (recipe.student_batch,), generator=generator)
         with torch.no_grad():
-            cond = text_encoder(captions.ids([pool["captions"][i] for i in index]))[0]
-        x = student_inputs(pool, index, level, mode, student, cond, generator)
+            cond = encode([pool["captions"][i] for i in index])
+        x = student_inputs(pool, index, level, mode, student, cond, generator, flow)
         sigma = torch.tensor(sigmas)[level].view(-1, 1, 1, 1)
         t = torch.tensor(timesteps, dtype=torch.float32)[level]
-        v = student(x, t, cond).sample
+        v = flow.predict(student, x, t, cond)
         errors = (x - sigma * v - pool["end"][index]).pow(2).mean((1, 2, 3))
         loss = errors.mean()
         per_level = torch.zeros(STUDENT_GRID_STEPS).index_add_(0, level, errors.detach())
@@ -510,6 +606,13 @@ def train_student(out: Path, recipe: Recipe, timer: StageTimer) -> None:
         running = per_level if running is None else 0.95 * running + 0.05 * per_level
         if step % 25 == 0 or step + 1 == total:
             log(f"student {step + 1}/{total} endpoint error by level " + " ".join(f"{e:.4f}" for e in running))
+    return ema
+
+
+def train_student(out: Path, recipe: Recipe, timer: StageTimer) -> None:
+    tokenizer, text_encoder, teacher = load_teacher(out)
+    captions = Captions(tokenizer)
+    ema = distil_student(out, recipe, timer, SD_FLOW, teacher, lambda texts: text_encoder(captions.ids(texts))[0])
     save_atomic({"unet": ema.state_dict()}, out / "student" / "final.pt")
 
 
@@ -558,8 +661,6 @@ def export(out: Path, recipe: Recipe, timer: StageTimer, export_dir: Path) -> No
 
 def fp16_storage_effect(out: Path, export_dir: Path, per_caption: int = 8) -> dict[str, float]:
     """How much storing weights in fp16 changes 4-step student images versus the fp32 training weights."""
-    from nag_guidance.tiny.checker import check
-    from nag_guidance.tiny.evaluate import generate
     from nag_guidance.tiny.loading import load_pipeline
 
     tokenizer, text_encoder, _ = load_teacher(out)
@@ -576,10 +677,19 @@ def fp16_storage_effect(out: Path, export_dir: Path, per_caption: int = 8) -> di
         requires_safety_checker=False,
     )
     full.set_progress_bar_config(disable=True)
+    return storage_effect(full, load_pipeline(path=export_dir), per_caption)
+
+
+def storage_effect(full: Callable[..., Any], shipped: Callable[..., Any], per_caption: int = 8) -> dict[str, float]:
+    """Pixel and checker differences between 4-step images of the fp32 training weights (``full``) and the
+    exported ones (``shipped``), on the held-out captions with the same seeds."""
+    from nag_guidance.tiny.checker import check
+    from nag_guidance.tiny.evaluate import generate
+
     prompts = [text for text, _ in data.held_out_captions() for _ in range(per_caption)]
     seeds = list(range(len(prompts)))
     a = generate(full, prompts, seeds)
-    b = generate(load_pipeline(path=export_dir), prompts, seeds)
+    b = generate(shipped, prompts, seeds)
     ca, cb = check(a), check(b)
     same = (ca.shape == cb.shape) & (ca.colour == cb.colour) & (ca.background == cb.background)
     difference = np.abs(a.astype(np.int16) - b.astype(np.int16))
@@ -604,25 +714,9 @@ def evaluate_export(out: Path, export_dir: Path, grid_path: Path | None) -> None
         log(f"evaluate: sample grid → {grid_path}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    from nag_guidance.tiny.loading import weights_path
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/tiny"), help="checkpoints, logs and eval.json")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {STAGES}")
-    parser.add_argument("--export-dir", type=Path, default=None, help="default: the package's tiny/weights")
-    parser.add_argument("--grid", type=Path, default=None, help="also render a sample grid PNG here")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply step counts (smoke runs)")
-    args = parser.parse_args(argv)
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = set(stages) - set(STAGES)
-    if unknown:
-        parser.error(f"unknown stages {sorted(unknown)}; allowed: {', '.join(STAGES)}")
-    GOVERNOR.configure(args.threads)
-    torch.set_flush_denormal(True)
-    recipe = Recipe() if args.scale == 1.0 else Recipe().scaled(args.scale)
-    out: Path = args.out
+def start_run(out: Path, recipe: FlowRecipe) -> StageTimer:
+    """Create ``out``, record the recipe in ``out/recipe.json`` (warning when it differs from the one a resumed
+    folder was started with) and return the folder's stage timer."""
     out.mkdir(parents=True, exist_ok=True)
     recipe_file = out / "recipe.json"
     if recipe_file.exists():
@@ -634,8 +728,66 @@ def main(argv: list[str] | None = None) -> None:
                 "are kept, so use a fresh --out for a clean run"
             )
     recipe_file.write_text(json.dumps(asdict(recipe), indent=2))
+    return StageTimer(out)
+
+
+def run_stages(
+    out: Path,
+    order: tuple[str, ...],
+    selected: list[str],
+    runners: dict[str, Callable[[], None]],
+    done: dict[str, str],
+    timer: StageTimer,
+    untimed: tuple[str, ...] = (),
+) -> None:
+    """Run the ``selected`` stages in ``order``, skipping those whose ``done`` file exists; the wall time of the
+    ``untimed`` stages (those that do not time themselves) is added to ``timer``."""
+    for stage in order:
+        if stage not in selected:
+            continue
+        if stage in done and (out / done[stage]).exists():
+            log(f"{stage}: done already ({out / done[stage]})")
+            continue
+        began = time.perf_counter()
+        runners[stage]()
+        if stage in untimed:
+            timer.add(stage, time.perf_counter() - began)
+        log(f"{stage}: finished in {time.perf_counter() - began:.0f}s this run; totals {timer.times}")
+
+
+def stage_arguments(description: str, stages: tuple[str, ...], out: str) -> argparse.ArgumentParser:
+    """The command-line options both recipes share."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=Path(out), help="checkpoints, logs and eval.json")
+    parser.add_argument("--stages", default=",".join(stages), help=f"comma-separated subset of {stages}")
+    parser.add_argument("--export-dir", type=Path, default=None, help="default: the package's weights folder")
+    parser.add_argument("--grid", type=Path, default=None, help="also render a sample grid PNG here")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply step counts (smoke runs)")
+    return parser
+
+
+def selected_stages(parser: argparse.ArgumentParser, args: argparse.Namespace, stages: tuple[str, ...]) -> list[str]:
+    """The ``--stages`` list, checked; also configures threads for training."""
+    selected = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = set(selected) - set(stages)
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; allowed: {', '.join(stages)}")
+    GOVERNOR.configure(args.threads)
+    torch.set_flush_denormal(True)
+    return selected
+
+
+def main(argv: list[str] | None = None) -> None:
+    from nag_guidance.tiny.loading import weights_path
+
+    parser = stage_arguments(__doc__.split("\n")[0], STAGES, "runs/tiny")
+    args = parser.parse_args(argv)
+    stages = selected_stages(parser, args, STAGES)
+    recipe = Recipe() if args.scale == 1.0 else Recipe().scaled(args.scale)
+    out: Path = args.out
+    timer = start_run(out, recipe)
     export_dir = args.export_dir or weights_path()
-    timer = StageTimer(out)
     runners: dict[str, Callable[[], None]] = {
         "vae": lambda: train_vae(out, recipe, timer),
         "decoder": lambda: train_decoder(out, recipe, timer),
@@ -653,15 +805,7 @@ def main(argv: list[str] | None = None) -> None:
         "student": "student/final.pt",
         "features": "features/final.pt",
     }
-    for stage in STAGES:
-        if stage not in stages:
-            continue
-        if stage in done and (out / done[stage]).exists():
-            log(f"{stage}: done already ({out / done[stage]})")
-            continue
-        began = time.perf_counter()
-        runners[stage]()
-        log(f"{stage}: finished in {time.perf_counter() - began:.0f}s this run; totals {timer.times}")
+    run_stages(out, STAGES, stages, runners, done, timer)
 
 
 if __name__ == "__main__":
