@@ -61,7 +61,7 @@ class CrossAttentionNAG(ProcessorWrapper):
                 f"{self.layer}: {type(self.processor).__name__} never called attn.to_out[0], so NAG cannot read its "
                 "attention output; this processor is not supported"
             )
-        guided = _PositiveBranch(attn, rows, capture.query, capture.z_neg, self.state, self.layer)
+        guided = _PositiveBranch(attn, rows, capture.query, capture.z_neg, self.state, self.index)
         return self.processor(guided, *positive.args[1:], **positive.kwargs)
 
 
@@ -146,7 +146,7 @@ class _PositiveBranch(_BranchView):
     output projection."""
 
     def __init__(
-        self, attn: torch.nn.Module, rows: slice, query: torch.Tensor | None, z_neg: torch.Tensor, state, layer: str
+        self, attn: torch.nn.Module, rows: slice, query: torch.Tensor | None, z_neg: torch.Tensor, state, layer: int
     ) -> None:
         super().__init__(attn)
         self.rows, self.query, self.z_neg, self.state, self.layer = rows, query, z_neg, state, layer

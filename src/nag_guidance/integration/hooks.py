@@ -34,13 +34,18 @@ def unbind(bound: inspect.BoundArguments) -> tuple[tuple, dict]:
 def add_denoiser_hooks(
     module: torch.nn.Module, pre: Callable[[torch.nn.Module, tuple, dict], Any], state: NAGState
 ) -> Callable[[], None]:
-    """A kwargs-aware forward pre-hook, plus a post-hook that always clears the forward plan (even on error)."""
+    """A kwargs-aware forward pre-hook, plus a post-hook that always clears the forward plan (even on error).
 
+    Both run eagerly under ``torch.compile``: the per-step planning (counting steps, reading timesteps, building
+    the negative's rows) then never becomes part of a guard, so a compiled denoiser does not recompile per step.
+    """
+
+    @torch.compiler.disable
     def clear(_module: torch.nn.Module, _args: tuple, _output: Any) -> None:
         state.forward = None
 
     handles = [
-        module.register_forward_pre_hook(pre, with_kwargs=True),
+        module.register_forward_pre_hook(torch.compiler.disable(pre), with_kwargs=True),
         module.register_forward_hook(clear, always_call=True),
     ]
 
@@ -103,12 +108,13 @@ class ProcessorWrapper:
     written to the wrapped processor, so ``set_attention_backend`` keeps working.
     """
 
-    _own = frozenset({"processor", "state", "layer", "signature"})
+    _own = frozenset({"processor", "state", "layer", "index", "signature"})
 
     def __init__(self, processor: Any, state: NAGState, layer: str) -> None:
         object.__setattr__(self, "processor", processor)
         object.__setattr__(self, "state", state)
         object.__setattr__(self, "layer", layer)
+        object.__setattr__(self, "index", state.add_layer(layer))
         object.__setattr__(self, "signature", inspect.signature(processor.__call__))
 
     def __getattr__(self, name: str) -> Any:

@@ -76,18 +76,23 @@ class JointAttentionNAG(ProcessorWrapper):
         if plan is None:
             return self.processor(attn, *args, **kwargs)
         interception = _interception(self.processor, self.joint_layout.function)
-        guided = _GuidedCall(self.state, self.layer, plan, self.joint_layout)
+        guided = _GuidedCall(self.state, self.index, plan, self.joint_layout)
         with interception.active(guided):
             out = self.processor(attn, *args, **kwargs)
         if not guided.done:
-            self.state.call.note(f"{self.layer}: the processor made no attention call NAG could guide")
+            # it attended over [prompt | negative | image] as one: that output is wrong, never return it
+            raise RuntimeError(
+                f"{self.layer}: {type(self.processor).__name__} did not call {interception.name}, where NAG "
+                "intercepts its attention, so its output mixes prompt and negative; this diffusers version or "
+                "processor is not supported"
+            )
         return out
 
 
 class _GuidedCall:
     """Handles the first attention call of one processor call (later ones, if any, run as stock)."""
 
-    def __init__(self, state: NAGState, layer: str, plan: ForwardPlan, layout: JointLayout) -> None:
+    def __init__(self, state: NAGState, layer: int, plan: ForwardPlan, layout: JointLayout) -> None:
         self.state, self.layer, self.plan, self.layout = state, layer, plan, layout
         self.done = False
 

@@ -54,7 +54,9 @@ def report_from_call(family: str, call: CallInfo) -> NAGReport:
     """Build the report; the call's host syncs happen here, after the last step (two: the ratio statistics and
     the guided timesteps)."""
     warnings = list(call.notes)
-    if not call.layers:
+    per_layer = call.stats.cpu() if call.stats is not None else torch.zeros(0, 3)
+    layers_guided = int((per_layer[:, 2] > 0).sum())
+    if not layers_guided:
         if call.negative is None:
             warnings.append("the NAG negative was never encoded (the pipeline did not call encode_prompt)")
         elif call.num_steps is None:
@@ -66,12 +68,11 @@ def report_from_call(family: str, call: CallInfo) -> NAGReport:
                 f"no step fell in the window [{call.config.start:g}, {call.config.end:g}) of {call.num_steps} steps"
             )
         return NAGReport(family, call.config, steps_total=call.num_steps, warnings=tuple(warnings))
-    tokens = max(call.tokens, 1)
-    ratio_sum, clipped = torch.stack([call.ratio_sum.float(), call.clipped.float()]).tolist()
+    ratio_sum, clipped, tokens = per_layer.double().sum(0).tolist()
     return NAGReport(
         family=family,
         config=call.config,
-        layers_guided=len(call.layers),
+        layers_guided=layers_guided,
         steps_guided=_count_steps(call.guided_timesteps),
         steps_total=call.num_steps,
         mean_ratio=ratio_sum / tokens,

@@ -86,10 +86,7 @@ class CallInfo:
     uncond_embeds: Any = None  # the pipeline's own CFG negative embeddings (captured), if any
     context: str | None = None  # diffusers cache_context name of the current denoiser call
     negative_cache: dict = field(default_factory=dict)
-    ratio_sum: torch.Tensor | None = None
-    clipped: torch.Tensor | None = None
-    tokens: int = 0
-    layers: set = field(default_factory=set)
+    stats: torch.Tensor | None = None  # per guided layer: [sum of r, tokens clipped, tokens], see ``NAGState.guide_``
     guided_timesteps: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     scratch: dict = field(default_factory=dict)  # family-specific per-call values
@@ -107,6 +104,11 @@ class NAGState:
         self.cond_first = cond_first  # the family batches CFG as [cond, uncond]
         self.call: CallInfo | None = None
         self.forward: ForwardPlan | None = None
+        self.layers: list[str] = []  # names of the wrapped layers; a layer's index is its row in ``CallInfo.stats``
+
+    def add_layer(self, name: str) -> int:
+        self.layers.append(name)
+        return len(self.layers) - 1
 
     # -- call lifetime -------------------------------------------------------------------------
 
@@ -175,6 +177,9 @@ class NAGState:
             call.note(f"denoiser batch {batch} does not fit {cond} prompt rows: that forward was left unguided")
             return None
         call.guided_timesteps.append(timestep)
+        if call.stats is None:
+            device = text.device if isinstance(text, torch.Tensor) else None
+            call.stats = torch.zeros(len(self.layers), 3, dtype=torch.float32, device=device)
         self.forward = ForwardPlan(rows=rows, batch=batch)
         return self.forward
 
@@ -201,18 +206,14 @@ class NAGState:
 
     # -- guidance ------------------------------------------------------------------------------
 
-    def guide(self, layer: str, z_pos: torch.Tensor, z_neg: torch.Tensor) -> torch.Tensor:
-        """NAG on the conditional rows' attention output; records the ratios for the report."""
-        config = self.call.config
-        guided, ratio = normalized_attention_guidance(
-            z_pos, z_neg, config.scale, config.tau, config.alpha, return_ratio=True
-        )
-        self._record(layer, ratio)
-        return guided
+    def guide_(self, layer: int, z_pos: torch.Tensor, z_neg: torch.Tensor) -> None:
+        """NAG on the conditional rows' attention output, written into ``z_pos`` (which may be a view of a larger
+        buffer); records the ratios of layer number ``layer`` for the report. fp32 uses the in-place operator;
+        lower precisions are guided in fp32 and copied back.
 
-    def guide_(self, layer: str, z_pos: torch.Tensor, z_neg: torch.Tensor) -> None:
-        """``guide`` writing into ``z_pos`` (which may be a view of a larger buffer). fp32 uses the in-place
-        operator; lower precisions are guided in fp32 and copied back, as in ``guide``."""
+        The statistics go into one preallocated tensor, never into Python numbers or containers, so a compiled
+        denoiser sees the same guards at every step and never recompiles.
+        """
         config = self.call.config
         if z_pos.dtype == torch.float32:
             _, ratio = normalized_attention_guidance_(
@@ -223,12 +224,5 @@ class NAGState:
                 z_pos, z_neg, config.scale, config.tau, config.alpha, return_ratio=True
             )
             z_pos.copy_(guided)
-        self._record(layer, ratio)
-
-    def _record(self, layer: str, ratio: torch.Tensor) -> None:
-        call = self.call
-        ratio_sum, clipped = ratio.sum(), (ratio > call.config.tau).sum()
-        call.ratio_sum = ratio_sum if call.ratio_sum is None else call.ratio_sum + ratio_sum
-        call.clipped = clipped if call.clipped is None else call.clipped + clipped
-        call.tokens += ratio.numel()
-        call.layers.add(layer)
+        counts = torch.stack([ratio.sum(), (ratio > config.tau).sum().float(), ratio.new_tensor(ratio.numel())])
+        self.call.stats[layer].add_(counts.to(self.call.stats.device))
