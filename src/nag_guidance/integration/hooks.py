@@ -147,8 +147,21 @@ def wrapper_for(base: type[ProcessorWrapper], processor: Any, state: NAGState, l
 
         __call__.__signature__ = wrapped
         cls = type(f"NAG{type(processor).__name__}", (base,), {"__call__": __call__})
+        _register_like(cls, type(processor))
         _WRAPPER_CLASSES[key] = cls
     return cls(processor, state, layer)
+
+
+def _register_like(cls: type, wrapped: type) -> None:
+    """Give a wrapper class the diffusers processor metadata of the class it wraps, so diffusers' own hooks that
+    look processors up by class (layer skip for PAG / SLG / SEG guiders) work on NAG-applied models."""
+    from diffusers.hooks._helpers import AttentionProcessorRegistry
+
+    try:
+        metadata = AttentionProcessorRegistry.get(wrapped)
+    except ValueError:
+        return  # diffusers does not know the wrapped class either
+    AttentionProcessorRegistry.register(cls, metadata)
 
 
 def matches_layer(name: str, patterns: tuple[str, ...]) -> bool:

@@ -73,7 +73,7 @@ class JointAttentionNAG(ProcessorWrapper):
 
     def run(self, attn: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         plan = self.state.forward
-        if plan is None:
+        if plan is None or _attention_scores_skipped():
             return self.processor(attn, *args, **kwargs)
         interception = _interception(self.processor, self.joint_layout.function)
         guided = _GuidedCall(self.state, self.index, plan, self.joint_layout)
@@ -87,6 +87,16 @@ class JointAttentionNAG(ProcessorWrapper):
                 "processor is not supported"
             )
         return out
+
+
+def _attention_scores_skipped() -> bool:
+    """Whether diffusers' layer-skip hook (PAG / SEG style) replaces attention by its values here: then every
+    token's output is its own value whatever the keys, so the stock processor gives the right result even with
+    the negative's tokens in the sequence."""
+    from diffusers.hooks.layer_skip import AttentionScoreSkipFunctionMode
+
+    stack = torch.overrides._get_current_function_mode_stack()
+    return any(isinstance(mode, AttentionScoreSkipFunctionMode) for mode in stack)
 
 
 class _GuidedCall:
