@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -75,3 +81,27 @@ def test_info_commands():
     assert runner.invoke(app, ["presets"]).output.strip() == presets_markdown()
     families = runner.invoke(app, ["families"]).output
     assert "flux: FluxPipeline" in families and "sd: StableDiffusionPipeline" in families
+
+
+MAIN_JOB = ["generate", "a circle on a white background", "--negative", "red", "--steps", "4", "--num-images", "4",
+            "--seed", "0", "--grid"]  # fmt: skip
+"""The README's main job."""
+
+
+def _main_job(out, **env) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY")}  # tests may have set them
+    command = [sys.executable, "-m", "nag_guidance", *MAIN_JOB, "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**clean, **env})
+
+
+@pytest.mark.slow
+def test_the_main_job_prints_only_its_own_lines(tmp_path):
+    result = _main_job(tmp_path / "out", OMP_NUM_THREADS="1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    for noise in ("Loading pipeline components", "Loading weights", "torchvision", "it/s]", "Warning"):
+        assert noise not in output, output
+    assert "wrote 13 file(s)" in output and "NAG (sd)" in output
+    if importlib.util.find_spec("torchvision") is None:  # the noise is there to be silenced: a user asking sees it
+        loud = _main_job(tmp_path / "loud", OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="warning")
+        assert loud.returncode == 0 and "torchvision" in loud.stderr, loud.stderr[-2000:]

@@ -1,13 +1,16 @@
 """The `nag` command line: generate, eval, bench, ui, presets, families, version.
 
 Heavy imports (diffusers, the model) happen inside the commands, so `nag --help` stays instant. User errors
-(bad arguments, unloadable models) print one clear line and exit with status 2, never a traceback wall.
+(bad arguments, unloadable models, an unusable --out or --device, running out of memory) print one clear line
+and exit with status 2, never a traceback wall; arguments are checked before the model is loaded.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -26,16 +29,59 @@ console = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, even in a narrow terminal
     raise typer.Exit(2)
 
 
 def quiet_libraries() -> None:
-    """Library chatter (deprecations, optional-dependency notes) would bury the command's own output."""
+    """Library chatter (deprecations, optional-dependency notes such as transformers' torchvision ones) would
+    bury the command's own output. Cheap: the libraries read these variables when they are imported. Only the
+    CLI does this; importing the library changes no logging."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def quiet_model_loading() -> None:
+    """diffusers' "Loading pipeline components" and transformers' "Loading weights" bars go (the command shows
+    its own progress), and both libraries' loggers get the level of ``quiet_libraries`` (or the user's own
+    ``DIFFUSERS_VERBOSITY`` / ``TRANSFORMERS_VERBOSITY``) even when something imported them earlier. Imports
+    both libraries, so only commands that load models call it; downloads from the Hub keep their progress bars
+    (they can take minutes)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+    for module, variable in (
+        (diffusers_logging, "DIFFUSERS_VERBOSITY"),
+        (transformers_logging, "TRANSFORMERS_VERBOSITY"),
+    ):
+        module.set_verbosity(levels.get(os.environ.get(variable, "error").lower(), levels["error"]))
+        module.disable_progress_bar()
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Errors a user can fix, as one line: bad values, unloadable models, not enough memory."""
+    import torch
+
+    from nag_guidance import generation
+
+    out_of_memory = (torch.cuda.OutOfMemoryError, MemoryError)
+    try:
+        yield
+    except typer.Exit:  # fail() inside the block (click's Exit is a RuntimeError)
+        raise
+    except (ValueError, generation.ModelLoadError) as error:
+        fail(str(error))
+    except (*out_of_memory, RuntimeError) as error:
+        text = str(error)
+        if not isinstance(error, out_of_memory) and "allocate memory" not in text:
+            raise
+        first = (text.strip().splitlines() or [type(error).__name__])[0]
+        fail(f"out of memory ({first[:200]}): try fewer --num-images, a smaller size, or another --device")
 
 
 @app.callback()
@@ -74,24 +120,32 @@ Opt = typer.Option
 def generate(
     prompt: Annotated[str | None, typer.Argument(help="What to draw (omit with --prompts).")] = None,
     negative: Annotated[str | None, Opt("--negative", "-n", help="What to keep out (the NAG negative).")] = None,
-    steps: Annotated[int | None, Opt(help="Denoising steps (default: the model's preset).")] = None,
-    num_images: Annotated[int, Opt("--num-images", "-k", help="Images per prompt: seeds seed, seed+1, ...")] = 1,
-    seed: Annotated[int, Opt(help="Seed of the first image.")] = 0,
-    out: Annotated[Path, Opt(help="Output folder.")] = Path("out"),
+    steps: Annotated[int | None, Opt(help="Denoising steps, 1 to 1000 (default: the model's preset).")] = None,
+    num_images: Annotated[
+        int, Opt("--num-images", "-k", help="Images per prompt, 1 to 1000: seeds seed, seed+1, ...")
+    ] = 1,
+    seed: Annotated[int, Opt(help="Seed of the first image, 0 to 2^63-1.")] = 0,
+    out: Annotated[Path, Opt(help="Output folder (created; checked for writing before any work).")] = Path("out"),
     model: Annotated[str | None, Opt(help="Diffusers model id or local folder (default: the embedded model).")] = None,
     grid: Annotated[bool, Opt(help="Also run stock and CFG; write grid.png: stock | CFG | NAG.")] = False,
     method: Annotated[str | None, Opt(help="stock, cfg or nag (default: nag with a negative, else stock).")] = None,
-    scale: Annotated[float | None, Opt(help="NAG scale s ≥ 1 (1 = off; the paper's φ = s − 1).")] = None,
-    tau: Annotated[float | None, Opt(help="NAG τ > 0: how far a token's attention output may grow.")] = None,
+    scale: Annotated[float | None, Opt(help="NAG scale s ≥ 1, finite (1 = off; the paper's φ = s − 1).")] = None,
+    tau: Annotated[
+        float | None, Opt(help="NAG τ > 0: how far a token's attention output may grow (inf: no cap).")
+    ] = None,
     alpha: Annotated[float | None, Opt(help="NAG α in [0, 1]: how much of the guided output is blended in.")] = None,
-    start: Annotated[float | None, Opt(help="Fraction of the schedule where NAG starts.")] = None,
-    end: Annotated[float | None, Opt(help="Fraction of the schedule where NAG stops.")] = None,
+    start: Annotated[float | None, Opt(help="Fraction of the schedule where NAG starts, in [0, 1).")] = None,
+    end: Annotated[float | None, Opt(help="Fraction of the schedule where NAG stops, in (start, 1].")] = None,
     preset: Annotated[str | None, Opt(help="Row of the presets table (see `nag presets`).")] = None,
-    guidance: Annotated[float | None, Opt(help="The model's own guidance scale (default: its preset).")] = None,
-    cfg_scale: Annotated[float, Opt(help="Scale of the CFG method (--grid / --method cfg).")] = 5.0,
-    height: Annotated[int | None, Opt(help="Image height (default: the model's).")] = None,
-    width: Annotated[int | None, Opt(help="Image width (default: the model's).")] = None,
-    device: Annotated[str, Opt(help="torch device: cpu, cuda, cuda:1, mps...")] = "cpu",
+    guidance: Annotated[
+        float | None, Opt(help="The model's own guidance scale, finite, ≥ 0 (default: its preset).")
+    ] = None,
+    cfg_scale: Annotated[float, Opt(help="Scale of the CFG method (--grid / --method cfg), finite, ≥ 1.")] = 5.0,
+    height: Annotated[
+        int | None, Opt(help="Image height: a multiple of 8, at most 4096 (default: the model's).")
+    ] = None,
+    width: Annotated[int | None, Opt(help="Image width: a multiple of 8, at most 4096 (default: the model's).")] = None,
+    device: Annotated[str, Opt(help="torch device: cpu, cuda, cuda:1, mps... (checked before loading)")] = "cpu",
     dtype: Annotated[str, Opt(help="float32, float16 or bfloat16.")] = "float32",
     prompts: Annotated[Path | None, Opt(help="Text file of prompts, one per line: a (distributed) batch.")] = None,
 ) -> None:
@@ -110,13 +164,16 @@ def generate(
     if prompt is None:
         fail("give a prompt (or --prompts FILE)")
     methods = ["stock", "cfg", "nag"] if grid else [method or ("nag" if negative else "stock")]
-    try:
+    with user_errors():
         request = generation.Request(prompt=prompt, **settings)
         for name in methods:
             if name not in generation.METHODS:
                 raise ValueError(f"method {name!r} is unknown; allowed: {', '.join(generation.METHODS)}")
             if name != "stock" and not negative:
                 raise ValueError(f"--method {name} and --grid need --negative")
+        generation.check_device(device)
+        generation.check_output_folder(out)
+        quiet_model_loading()
         with console.status("loading the model…"):
             loaded = generation.load(model, device=device, dtype=dtype, preset=preset)
         results = {}
@@ -126,13 +183,11 @@ def generate(
                 update = lambda done, total, t=task: bar.update(t, completed=done)  # noqa: E731
                 results[name] = generation.run(loaded, request, name, progress=update)
                 bar.update(task, completed=bar.tasks[task].total)
-    except (ValueError, generation.ModelLoadError) as error:
-        fail(str(error))
     written = []
     for result in results.values():
         written += generation.save(result, out)
         if result.report is not None:
-            console.print(f"[dim]{result.report}[/]")
+            console.print(f"[dim]{result.report}[/]", soft_wrap=True)
     if grid:
         columns = {"stock": results["stock"].images, "CFG": results["cfg"].images, "NAG": results["nag"].images}
         generation.grid(columns).save(out / "grid.png")
@@ -141,13 +196,11 @@ def generate(
 
 
 def _batch(prompts: Path, out: Path, model, method, settings: dict, device: str, dtype: str, preset) -> None:
-    from nag_guidance import generation
     from nag_guidance.batch import run_batch
 
-    try:
+    quiet_model_loading()
+    with user_errors():
         summary = run_batch(prompts, out, model, method, settings, device=device, dtype=dtype, preset=preset)
-    except (ValueError, generation.ModelLoadError) as error:
-        fail(str(error))
     if summary["rank"] == 0:
         console.print(
             f"{summary['items']} prompt(s): {summary['already_done']} already done, the rest split over "
@@ -159,9 +212,9 @@ def _batch(prompts: Path, out: Path, model, method, settings: dict, device: str,
 def ui(
     model: Annotated[list[str] | None, Opt(help="Model(s) to offer (default: the embedded one); repeatable.")] = None,
     host: Annotated[str, Opt(help="Address to bind; 127.0.0.1 keeps the page private to this machine.")] = "127.0.0.1",
-    port: Annotated[int, Opt(help="Port.")] = 7860,
+    port: Annotated[int, Opt(help="Port.", min=1, max=65535)] = 7860,
     out: Annotated[Path, Opt(help="The only folder the page writes to.")] = Path("out/ui"),
-    queue_size: Annotated[int, Opt(help="Most requests waiting at once; more are refused.")] = 8,
+    queue_size: Annotated[int, Opt(help="Most requests waiting at once; more are refused.", min=1)] = 8,
     device: Annotated[str, Opt(help="torch device.")] = "cpu",
     dtype: Annotated[str, Opt(help="float32, float16 or bfloat16.")] = "float32",
 ) -> None:
@@ -175,12 +228,14 @@ def ui(
     except ImportError:
         fail('the web page needs Gradio: pip install "nag-guidance[ui]"')
 
+    with user_errors():
+        generation.check_device(device)
+        generation.check_output_folder(out)
     if host not in ("127.0.0.1", "localhost"):
         console.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this machine can use the page")
-    try:
+    quiet_model_loading()
+    with user_errors():
         launch(model, out=out, host=host, port=port, device=device, queue_size=queue_size, dtype=dtype)
-    except (ValueError, generation.ModelLoadError) as error:
-        fail(str(error))
 
 
 @app.command("eval")
@@ -192,34 +247,40 @@ def evaluate(
         str | None,
         Opt(help="Comma-separated pair kinds: colour, shape, background, colour-bg (default: all; quick: colour)."),
     ] = None,
-    seeds: Annotated[int, Opt(help="Samples per prompt/negative pair and condition.")] = 32,
+    seeds: Annotated[int, Opt(help="Samples per prompt/negative pair and condition.", min=1, max=1000)] = 32,
     docs: Annotated[Path | None, Opt(help="Also write the results page and figures into this folder.")] = None,
     device: Annotated[str, Opt(help="torch device.")] = "cpu",
     model: Annotated[str | None, Opt(help="Evaluate this diffusers model instead (needs --clip-model).")] = None,
     clip_model: Annotated[Path | None, Opt(help="Local CLIP checkpoint folder for --model scores.")] = None,
     pairs: Annotated[Path | None, Opt(help="File of 'prompt<TAB>negative' lines for --model.")] = None,
-    steps: Annotated[int | None, Opt(help="Steps for --model (default: its preset).")] = None,
+    steps: Annotated[
+        int | None, Opt(help="Steps for --model, 1 to 1000 (default: its preset).", min=1, max=1000)
+    ] = None,
 ) -> None:
     """Measure NAG vs CFG vs nothing: on the embedded model (suppression, adherence, collapse, fidelity), or on
     your --model with local CLIP scores."""
+    from nag_guidance import generation
     from nag_guidance.eval import report, runner
     from nag_guidance.eval.suite import KINDS
 
+    with user_errors():
+        generation.check_device(device)
+        generation.check_output_folder(out)
+        if docs is not None:
+            generation.check_output_folder(docs, "--docs")
+    quiet_model_loading()
     if model is not None or clip_model is not None:
         _user_eval(model, clip_model, pairs, out, seeds, device, steps)
         return
 
     kinds = kinds or ("colour" if quick else ",".join(KINDS))
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
-    try:
-        with _progress() as bar:
-            task = bar.add_task("eval", total=None)
-            records = runner.run(
-                out, quick=quick, kinds=kind_list, seeds=seeds, device=device,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )  # fmt: skip
-    except ValueError as error:
-        fail(str(error))
+    with user_errors(), _progress() as bar:
+        task = bar.add_task("eval", total=None)
+        records = runner.run(
+            out, quick=quick, kinds=kind_list, seeds=seeds, device=device,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
     from nag_guidance.batch import process_state
 
     if not process_state(device).is_main_process:
@@ -241,15 +302,12 @@ def evaluate(
 
 
 def _user_eval(model, clip_model, pairs, out: Path, seeds: int, device: str, steps) -> None:
-    from nag_guidance import generation
     from nag_guidance.eval import user
 
     if model is None or clip_model is None or pairs is None:
         fail("evaluating your own model needs --model, --clip-model (a local CLIP folder) and --pairs")
-    try:
+    with user_errors():
         summary = user.run(model, clip_model, pairs, out, seeds=seeds, device=device, steps=steps)
-    except (ValueError, generation.ModelLoadError) as error:
-        fail(str(error))
     for method, values in summary.items():
         console.print(
             f"{method:>5}: CLIP prompt {values['clip_prompt']:.2f}, CLIP negative {values['clip_negative']:.2f} "
@@ -268,15 +326,18 @@ def bench(
     realistic: Annotated[bool, Opt(help="Also time realistic token counts at reduced width.")] = True,
 ) -> None:
     """Time the NAG combine operator and the denoiser step: none, CFG, NAG, NAG with an early end."""
+    from nag_guidance import generation
     from nag_guidance.bench import run as bench_run
 
     chosen = tuple(f.strip() for f in families.split(",")) if families else None
     command = _command_line(ctx)
-    try:
+    with user_errors():
+        generation.check_device(device)
+        generation.check_output_folder(out)
+        if docs is not None:
+            generation.check_output_folder(docs, "--docs")
         page = bench_run.run(out, quick=quick, device=device, families=chosen, realistic=realistic and not quick,
                              command=command, log=console.print)  # fmt: skip
-    except ValueError as error:
-        fail(str(error))
     if docs is not None:
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "benchmarks.md").write_text(page, encoding="utf-8")
