@@ -1,16 +1,22 @@
 import math
+from fractions import Fraction
 
+import numpy as np
 import pytest
+import torch
 
-from nag_guidance.config import FAMILY_PRESETS, PRESETS, NAGConfig, get_preset, preset_for_family
+from nag_guidance.config import FAMILY_PRESETS, MAX_SCALE, PRESETS, NAGConfig, get_preset, preset_for_family
+from nag_guidance.functional import normalized_attention_guidance, normalized_attention_guidance_
 
 
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
     [
-        ("scale", 0.99, ">= 1"),
-        ("scale", math.inf, ">= 1"),
-        ("scale", math.nan, ">= 1"),
+        ("scale", 0.99, "1 <= scale <= 1000"),
+        ("scale", math.inf, "1 <= scale <= 1000"),
+        ("scale", math.nan, "1 <= scale <= 1000"),
+        ("scale", 1e300, "1 <= scale <= 1000"),
+        ("scale", 1000.5, "1 <= scale <= 1000"),
         ("tau", 0.0, "tau > 0"),
         ("tau", -1.0, "tau > 0"),
         ("alpha", -0.1, "0 <= alpha <= 1"),
@@ -33,10 +39,31 @@ def test_start_must_precede_end():
         NAGConfig(start=0.5, end=0.5)
 
 
-@pytest.mark.parametrize("value", ["5", None, True])
+@pytest.mark.parametrize("value", ["5", None, True, 5 + 0j, [5.0]])
 def test_non_numbers_rejected(value):
-    with pytest.raises(ValueError, match="expected a number"):
+    with pytest.raises(ValueError, match="expected a real number"):
         NAGConfig(scale=value)
+
+
+@pytest.mark.parametrize(
+    "value", [np.float32(5.0), np.float64(5.0), np.int64(5), np.array(5.0), torch.tensor(5.0), Fraction(5, 1)]
+)
+def test_real_numbers_of_any_kind_are_accepted(value):
+    config = NAGConfig(scale=value, tau=value)
+    assert config.scale == 5.0 and type(config.scale) is float and type(config.tau) is float
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tau"), [(torch.float32, 2.5), (torch.float16, 2.5), (torch.bfloat16, 2.5), (torch.float32, math.inf)]
+)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_operator_is_finite_at_the_largest_accepted_scale(dtype, tau, in_place):
+    """With a cap the output stays within τ·‖Z+‖₁ per token in every dtype; uncapped, fp32 still holds it."""
+    z_pos = (torch.randn(2, 64, 32) * 100).to(dtype)
+    z_neg = -z_pos  # the worst case: Z~ = (2s − 1)·Z+
+    op = normalized_attention_guidance_ if in_place else normalized_attention_guidance
+    out = op(z_pos.clone(), z_neg, MAX_SCALE, tau, 1.0)
+    assert torch.isfinite(out.float()).all()
 
 
 def test_defaults_and_activity():

@@ -7,14 +7,21 @@ scale = 5. ``scale = 1`` turns NAG off.
 
 from __future__ import annotations
 
-import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+MAX_SCALE = 1000.0
+"""Largest accepted scale: far beyond any useful setting (published ones are 2–11), and small enough that every
+intermediate of the operator stays finite in fp32 (``functional`` computes Z~ in fp32 for every input dtype)."""
+
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}={value!r} is invalid: expected a number")
+    """Any real number (Python, NumPy, a 0-d tensor); bools and everything else are refused."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # 0-d torch / numpy arrays
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={value!r} is invalid: expected a real number")
     return float(value)
 
 
@@ -39,8 +46,8 @@ class NAGConfig:
         for name, value in values.items():
             object.__setattr__(self, name, value)
         scale, tau, alpha, start, end = (values[k] for k in ("scale", "tau", "alpha", "start", "end"))
-        if not (math.isfinite(scale) and scale >= 1.0):
-            raise ValueError(f"scale={scale} is out of range: allowed is a finite number >= 1 (1 = off)")
+        if not 1.0 <= scale <= MAX_SCALE:  # also rejects NaN and inf
+            raise ValueError(f"scale={scale} is out of range: allowed is 1 <= scale <= {MAX_SCALE:g} (1 = off)")
         if not tau > 0.0:  # also rejects NaN; inf means "never clip"
             raise ValueError(f"tau={tau} is out of range: allowed is tau > 0")
         if not 0.0 <= alpha <= 1.0:

@@ -93,13 +93,17 @@ def normalized_attention_guidance_(
 
     Peak extra memory is one ``z_neg``-sized temporary in the input dtype plus per-token fp32
     scalars, instead of several fp32 copies. It uses Z+ = (Z~ + (s−1)·Z-)/s so that Z+ need not be
-    kept: out = (α·c + (1−α)/s)·Z~ + (1−α)(s−1)/s·Z-, with c the clip factor. Arithmetic happens in the
-    input dtype (norms in fp32), so for fp16/bf16 it matches the out-of-place result only to that
-    dtype's precision.
+    kept: out = (α·c + (1−α)/s)·Z~ + (1−α)(s−1)/s·Z-, with c the clip factor. That arithmetic happens in
+    the input dtype, so it is used for fp32/fp64 only: lower precisions, whose range s·Z+ may exceed,
+    are guided in fp32 out of place and copied back.
     """
     _check(z_pos, z_neg, scale, tau, alpha)
     if scale == 1.0:
         return (z_pos, torch.ones_like(z_pos[..., :1], dtype=torch.float32)) if return_ratio else z_pos
+    if z_pos.dtype not in (torch.float32, torch.float64):
+        guided, ratio = normalized_attention_guidance(z_pos, z_neg, scale, tau, alpha, eps=eps, return_ratio=True)
+        z_pos.copy_(guided)
+        return (z_pos, ratio) if return_ratio else z_pos
     norm_pos = torch.linalg.vector_norm(z_pos, ord=1, dim=-1, keepdim=True, dtype=torch.float32)
     z_pos.mul_(scale).sub_(z_neg, alpha=scale - 1.0)  # z_pos now holds Z~
     norm_tilde = torch.linalg.vector_norm(z_pos, ord=1, dim=-1, keepdim=True, dtype=torch.float32)

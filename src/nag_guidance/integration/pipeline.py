@@ -9,9 +9,10 @@ back and runs the mechanism's undo actions, which restore the original processor
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ class Session:
     base_class: type
     undo: list[Undo]
     encoding_negative: bool = False
+    busy: threading.Lock = field(default_factory=threading.Lock)  # held for the whole of each call
 
 
 def apply(pipe: Any, preset: str | None = None, **defaults: float) -> Any:
@@ -141,10 +143,45 @@ class _NAGPipelineMixin:
         **kwargs: Any,
     ) -> Any:
         session: Session = self._nag_session
-        config = session.defaults.with_overrides(
-            scale=nag_scale, tau=nag_tau, alpha=nag_alpha, start=nag_start, end=nag_end
-        )
+        misspelt = sorted(name for name in kwargs if name.startswith("nag_"))
+        if misspelt:
+            raise TypeError(f"unknown NAG argument(s) {misspelt}; the NAG arguments are {list(NAG_CALL_ARGUMENTS)}")
+        if not session.busy.acquire(blocking=False):
+            raise RuntimeError(
+                f"this {type(self).__name__} is already running a call (from another thread?): one NAG-applied "
+                "pipeline runs one call at a time, because the per-call NAG state (like diffusers' scheduler "
+                "state) belongs to the pipeline; use one pipeline per thread"
+            )
+        try:
+            return self._nag_call(
+                args,
+                kwargs,
+                nag_negative_prompt,
+                nag_negative_prompt_embeds,
+                nag_negative_prompt_attention_mask,
+                scale=nag_scale,
+                tau=nag_tau,
+                alpha=nag_alpha,
+                start=nag_start,
+                end=nag_end,
+            )
+        finally:
+            session.busy.release()
+
+    def _nag_call(
+        self,
+        args: tuple,
+        kwargs: dict,
+        nag_negative_prompt: str | Sequence[str] | None,
+        nag_negative_prompt_embeds: torch.Tensor | None,
+        nag_negative_prompt_attention_mask: torch.Tensor | None,
+        **overrides: float | None,
+    ) -> Any:
+        session: Session = self._nag_session
+        config = session.defaults.with_overrides(**overrides)
         negative = _check_negative(nag_negative_prompt, nag_negative_prompt_embeds, nag_negative_prompt_attention_mask)
+        if isinstance(negative, NegativeText):
+            _check_width(self, session.family, negative)
         family = session.family.name
         if negative is None:
             self.nag_report = inactive_report(family, config, "no NAG negative given: ran the stock pipeline")
@@ -245,6 +282,19 @@ def _check_negative(
     return NegativeText(embeds, mask)
 
 
+def _check_width(pipe: Any, family: Family, negative: NegativeText) -> None:
+    """Negative embeddings must be floating point and as wide as the text embeddings the denoiser takes."""
+    if not negative.embeds.is_floating_point():
+        raise ValueError(f"nag_negative_prompt_embeds must be floating point, got {negative.embeds.dtype}")
+    denoiser = next((getattr(pipe, a) for a in family.denoisers if getattr(pipe, a, None) is not None), None)
+    width = getattr(getattr(denoiser, "config", None), family.text_width, None) if family.text_width else None
+    if isinstance(width, int) and negative.embeds.shape[-1] != width:
+        raise ValueError(
+            f"nag_negative_prompt_embeds have {negative.embeds.shape[-1]} channels, but {type(denoiser).__name__} "
+            f"takes text embeddings of width {width} ({family.text_width})"
+        )
+
+
 def _check_batch(call: Any, args: tuple, kwargs: dict, negative: tuple[str, ...] | NegativeText) -> int | None:
     """One negative for all prompts, or one per prompt: checked against ``prompt`` before any compute. Returns
     the number of prompt rows (prompts × images per prompt) when the arguments tell it."""
@@ -255,6 +305,9 @@ def _check_batch(call: Any, args: tuple, kwargs: dict, negative: tuple[str, ...]
         return None  # the stock call will report its own argument error
     prompt = bound.arguments.get("prompt")
     prompts = 1 if isinstance(prompt, str) else len(prompt) if isinstance(prompt, (list, tuple)) else None
+    embeds = bound.arguments.get("prompt_embeds")
+    if prompts is None and isinstance(embeds, (torch.Tensor, list, tuple)):
+        prompts = embeds.shape[0] if isinstance(embeds, torch.Tensor) else len(embeds)  # rows already per prompt
     if prompts is not None and count not in (1, prompts):
         raise ValueError(f"got {count} NAG negatives for {prompts} prompt(s): give one, or one per prompt")
     per_prompt = next((bound.arguments[name] for name in _IMAGES_PER_PROMPT if name in bound.arguments), 1)

@@ -26,7 +26,9 @@ class Family:
     ``encode_returns`` names the elements of the tuple ``encode_prompt`` returns: "embeds"/"mask" (the prompt),
     "uncond"/"uncond_mask" (the pipeline's CFG negative), anything else is ignored. ``attention`` names the
     text-attention layers: the last component of their module names (e.g. "attn2") or, with a dot, an
-    ``fnmatch`` pattern of the whole name. ``extra`` holds mechanism-specific settings.
+    ``fnmatch`` pattern of the whole name. ``text_width`` lets precomputed negative embeddings be checked before
+    any compute (None where the pipeline's embeddings are not what the denoiser takes). ``extra`` holds
+    mechanism-specific settings.
     """
 
     name: str
@@ -36,6 +38,7 @@ class Family:
     encode_returns: tuple[str, ...]
     denoisers: tuple[str, ...] = ("transformer",)
     text_arg: str = "encoder_hidden_states"
+    text_width: str | None = None  # the denoiser config key giving the width of the text embeddings it takes
     mask_arg: str | None = "encoder_attention_mask"
     timestep_arg: str = "timestep"
     attention: tuple[str, ...] = ("attn2",)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from nag_guidance.config import NAGConfig
-from nag_guidance.functional import normalized_attention_guidance, normalized_attention_guidance_
+from nag_guidance.functional import normalized_attention_guidance_
 
 GUIDED_CONTEXTS = (None, "cond", "cond_uncond")
 """diffusers ``cache_context`` names of denoiser calls that carry the prompt. Any other name ("uncond", and
@@ -208,21 +208,14 @@ class NAGState:
 
     def guide_(self, layer: int, z_pos: torch.Tensor, z_neg: torch.Tensor) -> None:
         """NAG on the conditional rows' attention output, written into ``z_pos`` (which may be a view of a larger
-        buffer); records the ratios of layer number ``layer`` for the report. fp32 uses the in-place operator;
-        lower precisions are guided in fp32 and copied back.
+        buffer); records the ratios of layer number ``layer`` for the report.
 
         The statistics go into one preallocated tensor, never into Python numbers or containers, so a compiled
         denoiser sees the same guards at every step and never recompiles.
         """
         config = self.call.config
-        if z_pos.dtype == torch.float32:
-            _, ratio = normalized_attention_guidance_(
-                z_pos, z_neg, config.scale, config.tau, config.alpha, return_ratio=True
-            )
-        else:
-            guided, ratio = normalized_attention_guidance(
-                z_pos, z_neg, config.scale, config.tau, config.alpha, return_ratio=True
-            )
-            z_pos.copy_(guided)
+        _, ratio = normalized_attention_guidance_(
+            z_pos, z_neg, config.scale, config.tau, config.alpha, return_ratio=True
+        )
         counts = torch.stack([ratio.sum(), (ratio > config.tau).sum().float(), ratio.new_tensor(ratio.numel())])
         self.call.stats[layer].add_(counts.to(self.call.stats.device))

@@ -37,6 +37,7 @@ def extend_inputs(arguments: dict[str, Any], plan: ForwardPlan, negative: Negati
 CHROMA = register(
     Family(
         name="chroma",
+        text_width="joint_attention_dim",
         pipelines=("ChromaPipeline", "ChromaImg2ImgPipeline"),
         install=joint_attention.install,
         preset="chroma",

@@ -75,6 +75,7 @@ def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
 COGVIDEOX = register(
     Family(
         name="cogvideox",
+        text_width="text_embed_dim",
         pipelines=(
             "CogVideoXPipeline",
             "CogVideoXImageToVideoPipeline",

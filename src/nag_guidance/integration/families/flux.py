@@ -32,6 +32,7 @@ def _flux_preset(pipe: Any) -> str:
 FLUX = register(
     Family(
         name="flux",
+        text_width="joint_attention_dim",
         pipelines=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
         install=joint_attention.install,
         preset=_flux_preset,
@@ -46,6 +47,7 @@ FLUX = register(
 FLUX_KONTEXT = register(
     Family(
         name="flux-kontext",
+        text_width="joint_attention_dim",
         pipelines=("FluxKontextPipeline", "FluxKontextInpaintPipeline"),
         install=joint_attention.install,
         preset="flux-kontext",

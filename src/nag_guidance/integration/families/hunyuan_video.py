@@ -65,6 +65,7 @@ def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
 HUNYUAN_VIDEO = register(
     Family(
         name="hunyuan-video",
+        text_width="text_embed_dim",
         pipelines=("HunyuanVideoPipeline",),
         install=install,
         preset="hunyuan-video",

@@ -22,6 +22,7 @@ from nag_guidance.integration.state import NAGState, NegativeText
 LTX = register(
     Family(
         name="ltx",
+        text_width="caption_channels",
         pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"),
         install=cross_attention.install,
         preset="generic",

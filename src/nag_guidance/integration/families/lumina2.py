@@ -181,6 +181,7 @@ def _shifted_rotary(model: torch.nn.Module, captions: torch.Tensor, lengths: tor
 LUMINA2 = register(
     Family(
         name="lumina2",
+        text_width="cap_feat_dim",
         pipelines=("Lumina2Pipeline",),
         install=install,
         preset="generic",

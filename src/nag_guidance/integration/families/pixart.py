@@ -7,6 +7,7 @@ from nag_guidance.integration.registry import Family, register
 PIXART = register(
     Family(
         name="pixart",
+        text_width="caption_channels",
         pipelines=("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
         install=cross_attention.install,
         preset="generic",
@@ -17,6 +18,7 @@ PIXART = register(
 SANA = register(
     Family(
         name="sana",
+        text_width="caption_channels",
         pipelines=("SanaPipeline", "SanaSprintPipeline"),
         install=cross_attention.install,
         preset="generic",

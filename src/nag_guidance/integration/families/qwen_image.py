@@ -41,6 +41,7 @@ def _restart_negative_positions(state: NAGState):
 QWEN_IMAGE = register(
     Family(
         name="qwen-image",
+        text_width="joint_attention_dim",
         pipelines=(
             "QwenImagePipeline",
             "QwenImageImg2ImgPipeline",

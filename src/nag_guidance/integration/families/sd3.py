@@ -12,6 +12,7 @@ from nag_guidance.integration.registry import Family, register
 SD3 = register(
     Family(
         name="sd3",
+        text_width="joint_attention_dim",
         pipelines=("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
         install=joint_attention.install,
         preset="sd35-large-turbo",

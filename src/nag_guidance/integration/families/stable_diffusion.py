@@ -19,6 +19,7 @@ def _sd_preset(pipe: Any) -> str:
 SD = register(
     Family(
         name="sd",
+        text_width="cross_attention_dim",
         pipelines=(
             "StableDiffusionPipeline",
             "StableDiffusionImg2ImgPipeline",
@@ -34,6 +35,7 @@ SD = register(
 SDXL = register(
     Family(
         name="sdxl",
+        text_width="cross_attention_dim",
         pipelines=(
             "StableDiffusionXLPipeline",
             "StableDiffusionXLImg2ImgPipeline",

@@ -12,6 +12,7 @@ from nag_guidance.integration.registry import Family, register
 WAN = register(
     Family(
         name="wan",
+        text_width="text_dim",
         pipelines=("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline"),
         install=cross_attention.install,
         preset="wan21",

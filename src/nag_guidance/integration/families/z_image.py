@@ -121,6 +121,7 @@ def _append_caption(plan: Any, unified, freqs, mask, image_lengths: list[int]):
 Z_IMAGE = register(
     Family(
         name="z-image",
+        text_width="cap_feat_dim",
         pipelines=("ZImagePipeline", "ZImageImg2ImgPipeline"),
         install=install,
         preset="generic",
