@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from nag_guidance.config import FAMILY_PRESETS, MAX_SCALE, PRESETS, NAGConfig, get_preset, preset_for_family
+import nag_guidance.config as config_module
+from nag_guidance.config import MAX_SCALE, PRESETS, NAGConfig, get_preset, preset_rule, register_preset_rule
 from nag_guidance.functional import normalized_attention_guidance, normalized_attention_guidance_
+from nag_guidance.integration.registry import registered_families
 
 
 @pytest.mark.parametrize(
@@ -81,12 +83,28 @@ def test_with_overrides_validates_and_ignores_none():
 
 
 def test_presets_table_is_consistent():
-    assert set(FAMILY_PRESETS.values()) <= set(PRESETS)
+    families = registered_families()
+    for family in families.values():
+        if isinstance(family.preset, str):
+            assert family.preset in PRESETS, family.name
     flux = get_preset("flux-schnell")
     assert (flux.config.scale, flux.config.tau, flux.config.alpha, flux.steps) == (5, 2.5, 0.25, 4)
     wan4 = get_preset("wan-4step")
     assert (wan4.config.scale, wan4.config.tau, wan4.config.alpha) == (11, 3.5, 0.5)
-    assert preset_for_family("sdxl") is PRESETS["sdxl"]
-    assert preset_for_family("some-new-family") is PRESETS["generic"]
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         get_preset("nope")
+
+
+def test_preset_rules_pick_a_preset_before_the_family():
+    marker = object()
+
+    def rule(pipe):
+        return "wan-4step" if pipe is marker else None
+
+    register_preset_rule(rule)
+    register_preset_rule(rule)  # registering twice keeps one
+    try:
+        assert preset_rule(marker) == "wan-4step" and preset_rule(object()) is None
+    finally:
+        config_module._PRESET_RULES.remove(rule)
+    assert rule not in config_module._PRESET_RULES

@@ -7,25 +7,38 @@
 >>> nag.remove(pipe)
 """
 
-from nag_guidance.config import PRESETS, NAGConfig, Preset, get_preset, preset_for_family
+from nag_guidance.config import PRESETS, NAGConfig, Preset, get_preset, register_preset_rule
 from nag_guidance.functional import normalized_attention_guidance, normalized_attention_guidance_
-from nag_guidance.integration import NAGReport, applied, apply, is_applied, remove, supported_pipelines
+from nag_guidance.integration import (
+    NAGHandle,
+    NAGReport,
+    applied,
+    apply,
+    attach,
+    defaults,
+    is_applied,
+    remove,
+    supported_pipelines,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
     "NAGConfig",
+    "NAGHandle",
     "NAGReport",
     "Preset",
     "__version__",
     "applied",
     "apply",
+    "attach",
+    "defaults",
     "get_preset",
     "is_applied",
     "normalized_attention_guidance",
     "normalized_attention_guidance_",
-    "preset_for_family",
+    "register_preset_rule",
     "remove",
     "supported_pipelines",
 ]

@@ -8,6 +8,7 @@ scale = 5. ``scale = 1`` turns NAG off.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -105,29 +106,19 @@ PRESETS: dict[str, Preset] = {
 }
 """Named presets. Keys are what ``--preset`` / ``preset=`` accept."""
 
-FAMILY_PRESETS: dict[str, str] = {
-    "sd": "sd15",
-    "sdxl": "sdxl",
-    "pixart": "generic",
-    "sana": "generic",
-    "wan": "wan21",
-    "ltx": "generic",
-    "ltx2": "ltx2",
-    "sd3": "sd35-large-turbo",
-    "flux": "flux-schnell",
-    "flux-kontext": "flux-kontext",
-    "chroma": "chroma",
-    "hunyuan-video": "hunyuan-video",
-    "qwen-image": "generic",
-    "flux2": "generic",
-    "z-image": "generic",
-}
-"""Which preset a detected architecture family gets when the user gives no parameters."""
+_PRESET_RULES: list[Callable[[Any], str | None]] = []
 
 
-def preset_for_family(family: str) -> Preset:
-    """The default preset of an architecture family (``generic`` for families without one)."""
-    return PRESETS[FAMILY_PRESETS.get(family, "generic")]
+def register_preset_rule(rule: Callable[[Any], str | None]) -> None:
+    """Let a model package pick the preset of pipelines it recognises (the embedded models do): ``rule(pipe)``
+    returns a preset name or None. Rules are asked in order, before the family's own preset."""
+    if rule not in _PRESET_RULES:
+        _PRESET_RULES.append(rule)
+
+
+def preset_rule(pipe: Any) -> str | None:
+    """The preset the first matching rule names for ``pipe`` (None when no rule knows it)."""
+    return next((name for rule in _PRESET_RULES if (name := rule(pipe)) is not None), None)
 
 
 def get_preset(name: str) -> Preset:

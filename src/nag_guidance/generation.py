@@ -226,7 +226,7 @@ def load(model: str | None = None, device: str = "cpu", dtype: str = "float32", 
         family = nag.integration.detect(pipe)
     except NotImplementedError as error:  # a loadable pipeline that NAG does not support
         raise ModelLoadError(f"model {name!r} cannot be used: {error}") from None
-    preset_name = preset or family.preset_for(pipe)  # the embedded model's is "tiny"
+    preset_name = preset or nag.integration.default_preset(pipe)  # the embedded model's is "tiny"
     get_preset(preset_name)  # validates a user-given name before any work
     nag.apply(pipe, preset=preset_name)
     return Model(pipe=pipe, name=name, preset_name=preset_name, family=family.name)
@@ -277,7 +277,9 @@ def run(model: Model, request: Request, method: str, progress: Callable[[int, in
         guidance = _default(pipe, "guidance_scale")
     if guidance is not None:
         kwargs["guidance_scale"] = guidance
-    config = model.pipe._nag_session.defaults.with_overrides(
+    from nag_guidance.integration import defaults as nag_defaults
+
+    config = nag_defaults(model.pipe).with_overrides(
         scale=request.scale, tau=request.tau, alpha=request.alpha, start=request.start, end=request.end
     )
     if method == "cfg":
@@ -326,7 +328,9 @@ def _family(model: Model):
 def _parameters(pipe: Any) -> dict[str, Any]:
     import inspect
 
-    return inspect.signature(pipe._nag_session.base_class.__call__).parameters
+    from nag_guidance.integration import stock_class
+
+    return inspect.signature(stock_class(pipe).__call__).parameters
 
 
 def _accepts(pipe: Any, argument: str) -> bool:

@@ -53,11 +53,12 @@ def merge_attention(
     """Attention over the union of two key sets, from each set's (output, lse), written into ``into``.
 
     out = out_a + w·(out_b − out_a) with w = exp(lse_b − logaddexp(lse_a, lse_b)) = sigmoid(lse_b − lse_a): one
-    fused ``lerp``. Low-precision outputs are merged in fp32.
+    fused ``lerp``. Low-precision outputs are merged in fp32; with autograd recording (a sampling loop of one's own
+    outside ``torch.no_grad``) the merge is copied in, since ``out=`` cannot be differentiated.
     """
     (out_a, lse_a), (out_b, lse_b) = a, b
     weight = torch.sigmoid(lse_b - lse_a).unsqueeze(-1)
-    if out_a.dtype == torch.float32:
+    if out_a.dtype == torch.float32 and not torch.is_grad_enabled():
         return torch.lerp(out_a, out_b, weight, out=into)
     return into.copy_(torch.lerp(out_a.float(), out_b.float(), weight))
 

@@ -72,8 +72,6 @@ def _append_negative(pipe: Any, family: Family, state: NAGState):
         if not isinstance(text, torch.Tensor):
             call.note(f"the denoiser got no {family.text_arg} tensor: that forward was left unguided")
             return None
-        if call.num_steps is None:
-            call.num_steps = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
         plan = state.plan_forward(text.shape[0], text, arguments.get(family.timestep_arg))
         if plan is None:
             return None

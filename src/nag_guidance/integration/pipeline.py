@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from nag_guidance.config import NAGConfig, get_preset
-from nag_guidance.integration.registry import Family, Undo, detect
+from nag_guidance.config import NAGConfig, get_preset, preset_rule
+from nag_guidance.integration.denoiser import NAGHandle
+from nag_guidance.integration.registry import Family, detect
 from nag_guidance.integration.report import inactive_report, report_from_call
 from nag_guidance.integration.state import NAGState, NegativeText
 
@@ -39,15 +40,20 @@ _IMAGES_PER_PROMPT = ("num_images_per_prompt", "num_videos_per_prompt")
 
 @dataclass
 class Session:
-    """What ``apply`` installed on one pipeline."""
+    """What ``apply`` installed on one pipeline: the denoiser hooks' handle, the defaults, the stock class."""
 
-    family: Family
-    state: NAGState
+    handle: NAGHandle
     defaults: NAGConfig
     base_class: type
-    undo: list[Undo]
-    encoding_negative: bool = False
     busy: threading.Lock = field(default_factory=threading.Lock)  # held for the whole of each call
+
+    @property
+    def family(self) -> Family:
+        return self.handle.family
+
+    @property
+    def state(self) -> NAGState:
+        return self.handle.state
 
 
 def apply(pipe: Any, preset: str | None = None, **defaults: float) -> Any:
@@ -59,18 +65,44 @@ def apply(pipe: Any, preset: str | None = None, **defaults: float) -> Any:
     ``NotImplementedError`` and invalid parameters ``ValueError``, leaving the pipeline untouched.
     """
     family = detect(pipe)
-    config = get_preset(preset or family.preset_for(pipe)).config.with_overrides(**_known_fields(defaults))
+    config = get_preset(preset or default_preset(pipe)).config
+    config = config.with_overrides(**_known_fields(defaults))
     session: Session | None = getattr(pipe, "_nag_session", None)
     if session is not None:
         session.defaults = config
         return pipe
-    state = NAGState(family.name, cond_first=family.cfg_cond_first)
-    undo = family.install(pipe, family, state)
+    handle = NAGHandle(family, pipe, count_steps=lambda: _steps_of(pipe))
     base = type(pipe)
     pipe.__class__ = _applied_class(base)
-    pipe._nag_session = Session(family, state, config, base, undo)
+    pipe._nag_session = Session(handle, config, base)
     pipe.nag_report = None
     return pipe
+
+
+def defaults(pipe: Any) -> NAGConfig:
+    """The parameters an applied pipeline's calls use where they give no ``nag_*`` value."""
+    session: Session | None = pipe.__dict__.get("_nag_session") if hasattr(pipe, "__dict__") else None
+    if session is None:
+        raise ValueError(f"NAG is not applied to this {type(pipe).__name__}: call nag.apply(pipe) first")
+    return session.defaults
+
+
+def default_preset(pipe: Any) -> str:
+    """The preset ``nag.apply(pipe)`` uses when given none: a registered model rule's, else the family's."""
+    return preset_rule(pipe) or detect(pipe).preset_for(pipe)
+
+
+def stock_class(pipe: Any) -> type:
+    """The pipeline's own class (an applied pipeline's class is a same-named subclass of it)."""
+    session: Session | None = getattr(pipe, "__dict__", {}).get("_nag_session")
+    return session.base_class if session is not None else type(pipe)
+
+
+def _steps_of(pipe: Any) -> int | None:
+    """The running call's number of denoising steps, as diffusers pipelines record it."""
+    steps = getattr(pipe, "_num_timesteps", None)
+    scheduler = getattr(pipe, "scheduler", None)
+    return steps or (len(scheduler.timesteps) if getattr(scheduler, "timesteps", None) is not None else None)
 
 
 def remove(pipe: Any) -> Any:
@@ -80,8 +112,7 @@ def remove(pipe: Any) -> Any:
     if session is None:
         return pipe
     pipe.__class__ = session.base_class
-    for action in reversed(session.undo):
-        action()
+    session.handle.remove()
     del pipe._nag_session
     pipe.__dict__.pop("nag_report", None)
     return pipe
@@ -89,15 +120,18 @@ def remove(pipe: Any) -> Any:
 
 @contextmanager
 def applied(pipe: Any, preset: str | None = None, **defaults: float) -> Iterator[Any]:
-    """``with nag.applied(pipe): ...`` — NAG inside the block, the stock pipeline after it (unless NAG was
-    already applied before the block, in which case it stays)."""
-    already = "_nag_session" in pipe.__dict__
+    """``with nag.applied(pipe): ...`` — NAG inside the block, the stock pipeline after it. If NAG was already
+    applied before the block it stays, with the defaults it had before the block."""
+    session: Session | None = pipe.__dict__.get("_nag_session")
+    before = session.defaults if session is not None else None
     apply(pipe, preset, **defaults)
     try:
         yield pipe
     finally:
-        if not already:
+        if session is None:
             remove(pipe)
+        else:
+            session.defaults = before
 
 
 def is_applied(pipe: Any) -> bool:
@@ -193,7 +227,7 @@ class _NAGPipelineMixin:
         prompt_rows = _check_batch(super().__call__, args, kwargs, negative)
         state = session.state
         state.begin_call(config, negative if isinstance(negative, NegativeText) else None, prompt_rows)
-        state.call.scratch["negative_prompt"] = negative
+        state.call.negative_prompt = negative if isinstance(negative, tuple) else None
         try:
             return super().__call__(*args, **kwargs)
         finally:
@@ -204,7 +238,7 @@ class _NAGPipelineMixin:
         encoded = super().encode_prompt(*args, **kwargs)
         session: Session = self._nag_session
         call = session.state.call
-        if call is None or session.encoding_negative:
+        if call is None or call.encoding_negative:
             return encoded
         values = _named(session.family, encoded)
         if call.cond_embeds is None:
@@ -214,18 +248,18 @@ class _NAGPipelineMixin:
             # a second encode_prompt call encodes the pipeline's own negative (Flux/Qwen true CFG)
             call.uncond_embeds = values.get("embeds")
         if call.negative is None:
-            session.encoding_negative = True
+            call.encoding_negative = True
             try:
                 call.negative = self._nag_encode(super().encode_prompt, args, kwargs)
             finally:
-                session.encoding_negative = False
+                call.encoding_negative = False
         return encoded
 
     def _nag_encode(self, encode: Any, args: tuple, kwargs: dict) -> NegativeText:
         """Encode the NAG negative with the same options (device, lengths, clip skip, LoRA scale...) that the
         pipeline just used for the prompt, without CFG and with one image per prompt."""
         session: Session = self._nag_session
-        prompts = session.state.call.scratch["negative_prompt"]
+        prompts = session.state.call.negative_prompt
         signature = inspect.signature(encode)
         bound = signature.bind(*args, **kwargs)
         call_args = dict(bound.arguments)

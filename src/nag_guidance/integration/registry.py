@@ -42,6 +42,7 @@ class Family:
     mask_arg: str | None = "encoder_attention_mask"
     timestep_arg: str = "timestep"
     attention: tuple[str, ...] = ("attn2",)
+    attachable: bool = True  # whether ``nag.attach`` can install it on the bare denoiser (no other components)
     cfg_cond_first: bool = False  # the pipeline batches CFG as [cond, uncond] instead of diffusers' usual order
     cfg_argument: str | None = "guidance_scale"  # the call argument that turns on CFG with ``negative_prompt``
     extra: dict[str, Any] = field(default_factory=dict)

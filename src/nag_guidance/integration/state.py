@@ -11,6 +11,7 @@ attention wrappers to read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,10 +68,6 @@ class ForwardPlan:
     negative_length: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def all_rows(self) -> bool:
-        return self.rows.start == 0 and self.rows.stop == self.batch
-
 
 @dataclass
 class CallInfo:
@@ -85,6 +82,8 @@ class CallInfo:
     cond_embeds: Any = None  # the prompt embeddings the pipeline encoded (captured from encode_prompt)
     uncond_embeds: Any = None  # the pipeline's own CFG negative embeddings (captured), if any
     context: str | None = None  # diffusers cache_context name of the current denoiser call
+    negative_prompt: tuple[str, ...] | None = None  # the NAG negative as text, when given as text
+    encoding_negative: bool = False  # True while the pipeline's encode_prompt encodes the NAG negative
     negative_cache: dict = field(default_factory=dict)
     stats: torch.Tensor | None = None  # per guided layer: [sum of r, tokens clipped, tokens], see ``NAGState.guide_``
     guided_timesteps: list = field(default_factory=list)
@@ -99,9 +98,9 @@ class CallInfo:
 class NAGState:
     """Mutable state of one applied pipeline (see the module docstring)."""
 
-    def __init__(self, family: str, cond_first: bool = False) -> None:
-        self.family = family
+    def __init__(self, cond_first: bool = False, count_steps: Callable[[], int | None] | None = None) -> None:
         self.cond_first = cond_first  # the family batches CFG as [cond, uncond]
+        self.count_steps = count_steps  # the number of denoising steps of the running call, where it can be read
         self.call: CallInfo | None = None
         self.forward: ForwardPlan | None = None
         self.layers: list[str] = []  # names of the wrapped layers; a layer's index is its row in ``CallInfo.stats``
@@ -112,8 +111,14 @@ class NAGState:
 
     # -- call lifetime -------------------------------------------------------------------------
 
-    def begin_call(self, config: NAGConfig, negative: NegativeText | None, prompt_rows: int | None = None) -> None:
-        self.call = CallInfo(config=config, negative=negative, prompt_rows=prompt_rows)
+    def begin_call(
+        self,
+        config: NAGConfig,
+        negative: NegativeText | None,
+        prompt_rows: int | None = None,
+        num_steps: int | None = None,
+    ) -> None:
+        self.call = CallInfo(config=config, negative=negative, prompt_rows=prompt_rows, num_steps=num_steps)
         self.forward = None
 
     def end_call(self) -> CallInfo | None:
@@ -161,6 +166,8 @@ class NAGState:
         call = self.call
         if call is None or call.negative is None:
             return None
+        if call.num_steps is None and self.count_steps is not None:
+            call.num_steps = self.count_steps()
         self._advance_step(timestep)
         if not self.in_window():
             return None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from nag_guidance.config import register_preset_rule
+
 _LOADING_NAMES = (
     "DEFAULT_GUIDANCE",
     "DEFAULT_IMAGE_SIZE",
@@ -24,6 +26,16 @@ _LOADING_NAMES = (
 )
 
 __all__ = list(_LOADING_NAMES)
+
+
+def _embedded_preset(pipe: Any) -> str | None:
+    """The embedded model gets its own measured preset (``nag.apply`` asks this rule before the family's)."""
+    from nag_guidance.tiny.loading import is_embedded
+
+    return "tiny" if is_embedded(pipe) else None
+
+
+register_preset_rule(_embedded_preset)
 
 
 def __getattr__(name: str) -> Any:

@@ -62,11 +62,10 @@ def _redirect(pipe: Any, state: NAGState, name: str, part: str) -> Undo:
 
     def encode(*args: Any, **kwargs: Any) -> torch.Tensor:
         call = state.call
-        session = pipe.__dict__.get("_nag_session")
-        if call is None or session is None or not session.encoding_negative:
+        if call is None or not call.encoding_negative:
             return original(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
-        bound.arguments["prompt"] = list(call.scratch["negative_prompt"])
+        bound.arguments["prompt"] = list(call.negative_prompt)
         out = original(*bound.args, **bound.kwargs)
         call.scratch[f"hidream_negative_{part}"] = out
         return out
@@ -89,7 +88,7 @@ def _extend_llama(state: NAGState):
     def extend(arguments: dict[str, Any], plan: ForwardPlan, negative: NegativeText) -> None:
         call = state.call
         scratch = call.scratch
-        if not isinstance(scratch.get("negative_prompt"), tuple):
+        if call.negative_prompt is None:
             raise ValueError(
                 "HiDream's text is T5 plus the hidden states of every Llama layer: give the NAG negative as text "
                 "(nag_negative_prompt); nag_negative_prompt_embeds can only carry its T5 part"
@@ -169,6 +168,7 @@ def _restore_single(state: NAGState):
 HIDREAM = register(
     Family(
         name="hidream",
+        attachable=False,
         pipelines=("HiDreamImagePipeline",),
         install=install,
         preset="generic",

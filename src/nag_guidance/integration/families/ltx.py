@@ -88,6 +88,7 @@ def _split_negative(state: NAGState):
 LTX2 = register(
     Family(
         name="ltx2",
+        attachable=False,
         pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline"),
         install=_install_ltx2,
         preset="ltx2",

@@ -45,8 +45,6 @@ def _plan_forward(pipe: Any, family: Family, state: NAGState):
             return
         arguments = bind_forward(module, args, kwargs).arguments
         text = arguments["encoder_hidden_states"]
-        if call.num_steps is None:
-            call.num_steps = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
         plan = state.plan_forward(text.shape[0], text, arguments["timestep"])
         if plan is None:
             return

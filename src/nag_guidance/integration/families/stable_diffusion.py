@@ -3,18 +3,8 @@
 The pooled text and time ids of SDXL feed the UNet's added embeddings, not attention; they stay the prompt's.
 """
 
-from typing import Any
-
 from nag_guidance.integration import cross_attention
 from nag_guidance.integration.registry import Family, register
-
-
-def _sd_preset(pipe: Any) -> str:
-    """The embedded model has its own measured row; other SD 1.x/2.x models get the authors' SD 1.5 one."""
-    from nag_guidance.tiny import is_embedded
-
-    return "tiny" if is_embedded(pipe) else "sd15"
-
 
 SD = register(
     Family(
@@ -26,7 +16,7 @@ SD = register(
             "StableDiffusionInpaintPipeline",
         ),
         install=cross_attention.install,
-        preset=_sd_preset,
+        preset="sd15",
         encode_returns=("embeds", "uncond"),
         denoisers=("unet",),
     )

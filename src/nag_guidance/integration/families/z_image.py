@@ -55,8 +55,6 @@ def _plan_forward(pipe: Any, family: Family, state: NAGState):
         if isinstance(images[0], list):
             call.note("Z-Image omni (image-conditioned) mode is not guided")
             return
-        if call.num_steps is None:
-            call.num_steps = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
         plan = state.plan_forward(len(images), captions, arguments["t"])
         if plan is None:
             return

@@ -1,0 +1,98 @@
+"""The denoiser door: NAG hooks on a bare ``unet`` / ``transformer``, for sampling loops of one's own.
+
+>>> handle = nag.attach(pipe.transformer, family="flux")
+>>> handle.begin(negative_embeds, config=nag.NAGConfig(scale=5, tau=2.5, alpha=0.25))
+>>> for t in timesteps: ...  # call the transformer as usual
+>>> report = handle.end()
+>>> handle.remove()
+
+``attach`` installs the family's hooks (processor wrappers on the text-attention layers, a planning hook on the
+denoiser) and returns a ``NAGHandle`` that owns their state. Between ``begin`` and ``end`` every forward of the
+denoiser is guided with the given negative; outside, the hooks pass straight through and the denoiser computes
+exactly what it computes without them. The pipeline door (``nag.apply``) is this handle plus a call wrapper that
+encodes the negative and brackets each pipeline call with ``begin`` / ``end``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from nag_guidance.config import NAGConfig
+from nag_guidance.integration.registry import Family, Undo, registered_families
+from nag_guidance.integration.report import NAGReport, report_from_call
+from nag_guidance.integration.state import NAGState, NegativeText
+
+
+class NAGHandle:
+    """NAG installed on one set of denoisers: the state their hooks share, and the undo of the installation."""
+
+    def __init__(self, family: Family, owner: Any, count_steps: Callable[[], int | None] | None = None) -> None:
+        self.family = family
+        self.state = NAGState(cond_first=family.cfg_cond_first, count_steps=count_steps)
+        self._undo: list[Undo] = family.install(owner, family, self.state)
+
+    @property
+    def active(self) -> bool:
+        """Whether a ``begin`` is in force."""
+        return self.state.call is not None
+
+    def begin(
+        self,
+        negative_embeds: torch.Tensor | NegativeText,
+        negative_mask: torch.Tensor | None = None,
+        *,
+        config: NAGConfig | None = None,
+        prompt_rows: int | None = None,
+        num_steps: int | None = None,
+    ) -> None:
+        """Guide the next denoiser forwards away from ``negative_embeds`` ((1 or n, L, D), as the denoiser takes
+        its text). ``prompt_rows``: the number of conditional rows when a forward batches CFG as [uncond, cond]
+        (default: every row is guided); ``num_steps``: needed for a partial ``start``/``end`` window."""
+        if self.state.call is not None:
+            raise RuntimeError("NAG is already active on this handle: call end() first")
+        negative = (
+            negative_embeds
+            if isinstance(negative_embeds, NegativeText)
+            else NegativeText(negative_embeds, negative_mask)
+        )
+        self.state.begin_call(config or NAGConfig(), negative, prompt_rows, num_steps)
+
+    def end(self) -> NAGReport:
+        """Stop guiding and say what NAG did since ``begin``."""
+        call = self.state.end_call()
+        if call is None:
+            raise RuntimeError("NAG is not active on this handle: call begin() first")
+        return report_from_call(self.family.name, call)
+
+    def remove(self) -> None:
+        """Uninstall every hook and wrapper; the denoisers are their stock selves again. Idempotent."""
+        self.state.end_call()
+        while self._undo:
+            self._undo.pop()()
+
+    def __repr__(self) -> str:
+        layers = self.state.layers
+        shown = ", ".join(layers[:4]) + (f", … ({len(layers)} in all)" if len(layers) > 4 else "")
+        status = "removed" if not self._undo else "active" if self.active else "idle"
+        return f"NAGHandle(family={self.family.name!r}, {status}, layers=[{shown}])"
+
+
+def attach(denoiser: torch.nn.Module, family: str) -> NAGHandle:
+    """Install NAG on a bare denoiser of the named family (see ``nag families``) and return its handle.
+
+    Families whose text path runs through pipeline components besides the denoiser (LTX-2's connectors, HiDream's
+    encoders) need the pipeline door, ``nag.apply``.
+    """
+    families = registered_families()
+    if family not in families:
+        raise ValueError(f"unknown family {family!r}; known families: {', '.join(families)}")
+    spec = families[family]
+    if not spec.attachable:
+        raise ValueError(f"the {family} family needs its pipeline: use nag.apply(pipe)")
+    if not isinstance(denoiser, torch.nn.Module):
+        raise TypeError(f"attach() takes the denoiser module, got {type(denoiser).__name__}")
+    return NAGHandle(spec, SimpleNamespace(**{spec.denoisers[0]: denoiser}))
