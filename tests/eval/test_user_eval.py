@@ -67,3 +67,9 @@ def test_pairs_file_format(tmp_path):
     good = tmp_path / "good.txt"
     good.write_text("# comment\na circle\tred\n")
     assert read_pairs(good) == [("a circle", "red")]
+
+
+def test_pairs_file_with_a_byte_order_mark(tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_bytes("\ufeff# pairs: prompt<TAB>negative\na circle\tred\n".encode())
+    assert read_pairs(pairs) == [("a circle", "red")]  # the comment stays a comment
