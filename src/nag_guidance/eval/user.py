@@ -17,7 +17,7 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise ValueError(f"pairs file {path} does not exist")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig")  # a byte-order mark is not text.splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split("\t")
