@@ -32,8 +32,42 @@ class NAGHandle:
 
     def __init__(self, family: Family, owner: Any, count_steps: Callable[[], int | None] | None = None) -> None:
         self.family = family
+        self.owner = owner  # the pipeline, or a namespace holding the bare denoiser
         self.state = NAGState(cond_first=family.cfg_cond_first, count_steps=count_steps)
-        self._undo: list[Undo] = family.install(owner, family, self.state)
+        self._undo: list[Undo] = []
+        self._installed_on: dict[str, int] = {}
+        self._removed = False
+        self.refresh()
+
+    def _denoisers(self) -> dict[str, int]:
+        """The identity of each denoiser the owner holds now (a compiled wrapper counts as the module inside)."""
+        found = {}
+        for attr in self.family.denoisers:
+            model = getattr(self.owner, attr, None)
+            if model is not None:
+                found[attr] = id(getattr(model, "_orig_mod", model))
+        return found
+
+    def refresh(self) -> None:
+        """Follow what changed since the installation: a denoiser assigned anew (``pipe.unet = ...``) gets the hooks
+        (a pipeline built without one, to encode prompts only, gets them once it has one), and processors diffusers
+        replaced are wrapped again. Every pipeline call starts with it."""
+        if self._removed:
+            return
+        current = self._denoisers()
+        if current != self._installed_on:
+            self._uninstall()
+            if current:
+                self._undo = self.family.install(self.owner, self.family, self.state)
+            self._installed_on = current
+            return
+        for rewrap in self.state.rewrappers:
+            rewrap()
+
+    def _uninstall(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+        self.state.rewrappers.clear()
 
     @property
     def active(self) -> bool:
@@ -52,8 +86,11 @@ class NAGHandle:
         """Guide the next denoiser forwards away from ``negative_embeds`` ((1 or n, L, D), as the denoiser takes
         its text). ``prompt_rows``: the number of conditional rows when a forward batches CFG as [uncond, cond]
         (default: every row is guided); ``num_steps``: needed for a partial ``start``/``end`` window."""
+        if self._removed:
+            raise RuntimeError("this NAG handle was removed: attach again")
         if self.state.call is not None:
             raise RuntimeError("NAG is already active on this handle: call end() first")
+        self.refresh()
         negative = (
             negative_embeds
             if isinstance(negative_embeds, NegativeText)
@@ -71,13 +108,13 @@ class NAGHandle:
     def remove(self) -> None:
         """Uninstall every hook and wrapper; the denoisers are their stock selves again. Idempotent."""
         self.state.end_call()
-        while self._undo:
-            self._undo.pop()()
+        self._uninstall()
+        self._removed = True
 
     def __repr__(self) -> str:
         layers = self.state.layers
         shown = ", ".join(layers[:4]) + (f", … ({len(layers)} in all)" if len(layers) > 4 else "")
-        status = "removed" if not self._undo else "active" if self.active else "idle"
+        status = "removed" if self._removed else "active" if self.active else "idle"
         return f"NAGHandle(family={self.family.name!r}, {status}, layers=[{shown}])"
 
 

@@ -9,6 +9,7 @@ signature visible. No module's ``forward`` is ever replaced, so compiled models 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,6 +93,34 @@ def track_cache_context(model: torch.nn.Module, state: NAGState) -> Callable[[],
     return undo
 
 
+def unwrapped_during(model: torch.nn.Module, method: str, state: NAGState) -> Callable[[], None]:
+    """Let ``model.<method>`` see the stock processors, then wrap what it leaves: diffusers'
+    ``set_default_attn_processor`` refuses processor classes it does not know, or replaces them silently."""
+    if not callable(getattr(model, method, None)):
+        return lambda: None
+    saved = model.__dict__.get(method, _MISSING)
+    original = getattr(model, method)
+
+    @functools.wraps(original)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        unwrap_processors(model, state)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            for rewrap in state.rewrappers:
+                rewrap()
+
+    object.__setattr__(model, method, call)
+
+    def undo() -> None:
+        if saved is _MISSING:
+            model.__dict__.pop(method, None)
+        else:
+            object.__setattr__(model, method, saved)
+
+    return undo
+
+
 def set_processor(attn: torch.nn.Module, processor: Any) -> None:
     if hasattr(attn, "set_processor"):
         attn.set_processor(processor)
@@ -106,9 +135,21 @@ class ProcessorWrapper:
     specialised per wrapped class (``wrapper_for``) with ``__call__`` advertising the wrapped signature.
     Attributes the wrapper does not own (``_attention_backend``, ``_parallel_config``...) are read from and
     written to the wrapped processor, so ``set_attention_backend`` keeps working.
+
+    Each wrapper class carries the diffusers registry metadata of the class it wraps, so diffusers' hooks that
+    look processors up by class (layer skip for PAG / SLG / SEG guiders) work on NAG-applied models. (Answering
+    ``__class__`` with the wrapped class would do more, but misleads ``torch.compile``.) Constructed without
+    arguments, as diffusers' ``load_ip_adapter`` rebuilds processors (``type(processor)()``), it gives a fresh
+    processor of the wrapped class, which NAG re-wraps at the next call.
     """
 
     _own = frozenset({"processor", "state", "layer", "index", "signature"})
+    wrapped_class: type = object
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if not args and not kwargs:
+            return cls.wrapped_class()
+        return super().__new__(cls)
 
     def __init__(self, processor: Any, state: NAGState, layer: str) -> None:
         object.__setattr__(self, "processor", processor)
@@ -146,15 +187,13 @@ def wrapper_for(base: type[ProcessorWrapper], processor: Any, state: NAGState, l
             return self.run(*args, **kwargs)
 
         __call__.__signature__ = wrapped
-        cls = type(f"NAG{type(processor).__name__}", (base,), {"__call__": __call__})
+        cls = type(f"NAG{type(processor).__name__}", (base,), {"__call__": __call__, "wrapped_class": type(processor)})
         _register_like(cls, type(processor))
         _WRAPPER_CLASSES[key] = cls
     return cls(processor, state, layer)
 
 
 def _register_like(cls: type, wrapped: type) -> None:
-    """Give a wrapper class the diffusers processor metadata of the class it wraps, so diffusers' own hooks that
-    look processors up by class (layer skip for PAG / SLG / SEG guiders) work on NAG-applied models."""
     from diffusers.hooks._helpers import AttentionProcessorRegistry
 
     try:
@@ -173,27 +212,34 @@ def matches_layer(name: str, patterns: tuple[str, ...]) -> bool:
 
 def wrap_processors(
     model: torch.nn.Module, names: tuple[str, ...], base: type[ProcessorWrapper], state: NAGState, prefix: str
-) -> tuple[list[str], Callable[[], None]]:
-    """Wrap the processor of every attention module whose name matches ``names`` (see ``matches_layer``).
+) -> list[str]:
+    """Wrap the processor of every attention module whose name matches ``names`` (see ``matches_layer``) and is
+    not wrapped for ``state`` yet; returns the names of all the layers that are wrapped for ``state`` now.
 
-    Returns the wrapped layer names and the undo, which puts the original processor objects back.
+    Calling it again re-wraps processors that diffusers replaced since (``set_attn_processor``,
+    ``set_default_attn_processor``, ``load_ip_adapter``, ``fuse_qkv_projections``): NAG follows them.
     """
-    originals: list[tuple[torch.nn.Module, Any]] = []
-    for name, module in model.named_modules():
-        if matches_layer(name, names) and hasattr(module, "processor"):
-            originals.append((module, module.processor))
-
-    def undo() -> None:
-        for module, processor in originals:
-            set_processor(module, processor)
-
     wrapped = []
     try:
         for name, module in model.named_modules():
             if matches_layer(name, names) and hasattr(module, "processor"):
-                set_processor(module, wrapper_for(base, module.processor, state, f"{prefix}.{name}"))
+                if not _wrapped_for(module.processor, state):
+                    set_processor(module, wrapper_for(base, module.processor, state, f"{prefix}.{name}"))
                 wrapped.append(f"{prefix}.{name}")
     except Exception:
-        undo()
+        unwrap_processors(model, state)
         raise
-    return wrapped, undo
+    return wrapped
+
+
+def unwrap_processors(model: torch.nn.Module, state: NAGState) -> None:
+    """Put the wrapped processor back wherever a wrapper for ``state`` is installed (the very object that was
+    wrapped: the original one, or the one diffusers installed later and NAG followed)."""
+    for module in model.modules():
+        processor = getattr(module, "processor", None)
+        if _wrapped_for(processor, state):
+            set_processor(module, processor.processor)
+
+
+def _wrapped_for(processor: Any, state: NAGState) -> bool:
+    return isinstance(processor, ProcessorWrapper) and processor.state is state

@@ -10,6 +10,7 @@ The attention wrappers take the negative back out of the sequence.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from nag_guidance.integration.hooks import (
     bind_forward,
     track_cache_context,
     unbind,
+    unwrap_processors,
+    unwrapped_during,
     wrap_processors,
 )
 from nag_guidance.integration.registry import Family, Undo
@@ -32,15 +35,17 @@ text length (position ids, rotary tables...) in place."""
 
 
 def install(pipe: Any, family: Family, state: NAGState, wrapper: type[ProcessorWrapper]) -> list[Undo]:
-    """Hook every denoiser of ``pipe`` named by the family and wrap its attention processors with ``wrapper``."""
+    """Hook every denoiser of ``pipe`` named by the family and wrap its attention processors with ``wrapper``
+    (and register how to re-wrap them, for processors diffusers replaces later)."""
     undo: list[Undo] = []
     try:
         for attr in family.denoisers:
             model = getattr(pipe, attr, None)
             if model is None:
                 continue
-            layers, unwrap = wrap_processors(model, family.attention, wrapper, state, attr)
-            undo.append(unwrap)
+            layers = wrap_processors(model, family.attention, wrapper, state, attr)
+            undo.append(functools.partial(unwrap_processors, model, state))
+            state.rewrappers.append(functools.partial(wrap_processors, model, family.attention, wrapper, state, attr))
             if not layers:
                 raise ValueError(
                     f"{type(model).__name__} (pipe.{attr}) has no attention layers named "
@@ -49,12 +54,12 @@ def install(pipe: Any, family: Family, state: NAGState, wrapper: type[ProcessorW
             make_hook = family.extra.get("denoiser_hook", _append_negative)
             undo.append(add_denoiser_hooks(model, make_hook(pipe, family, state), state))
             undo.append(track_cache_context(model, state))
+            undo.append(unwrapped_during(model, "set_default_attn_processor", state))
     except Exception:
         for action in reversed(undo):
             action()
+        state.rewrappers.clear()
         raise
-    if not undo:
-        raise ValueError(f"{type(pipe).__name__} has none of the denoisers {family.denoisers}")
     return undo
 
 

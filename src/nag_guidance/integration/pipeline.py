@@ -8,6 +8,7 @@ back and runs the mechanism's undo actions, which restore the original processor
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from collections.abc import Iterator, Sequence
@@ -154,10 +155,39 @@ def _applied_class(base: type) -> type:
     original class name)."""
     cls = _APPLIED_CLASSES.get(base)
     if cls is None:
-        cls = type(base.__name__, (_NAGPipelineMixin, base), {"__module__": base.__module__})
+        methods = {
+            "__module__": base.__module__,
+            "__call__": _with_signature(_NAGPipelineMixin.__call__, base.__call__),
+        }
+        methods["__call__"].__signature__ = _call_signature(base)
+        if hasattr(base, "encode_prompt"):
+            methods["encode_prompt"] = _with_signature(_NAGPipelineMixin.encode_prompt, base.encode_prompt)
+        cls = type(base.__name__, (_NAGPipelineMixin, base), methods)
         cls.__qualname__ = base.__qualname__
         _APPLIED_CLASSES[base] = cls
     return cls
+
+
+def _with_signature(method: Any, stock: Any) -> Any:
+    """``method`` under the stock method's name, docs and signature, so tools that introspect the pipeline (UIs,
+    validators, diffusers' own tests) still see the stock parameters."""
+
+    @functools.wraps(stock)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _call_signature(base: type) -> inspect.Signature:
+    """The stock ``__call__`` signature with the ``nag_*`` keywords added (before ``**kwargs``, if any)."""
+    stock = inspect.signature(base.__call__)
+    ours = inspect.signature(_NAGPipelineMixin.__call__).parameters
+    params = [p for p in stock.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    taken = {p.name for p in params}
+    added = [ours[n].replace(kind=inspect.Parameter.KEYWORD_ONLY) for n in NAG_CALL_ARGUMENTS if n not in taken]
+    var_keyword = [p for p in stock.parameters.values() if p.kind is p.VAR_KEYWORD]
+    return stock.replace(parameters=[*params, *added, *var_keyword])
 
 
 class _NAGPipelineMixin:
@@ -224,7 +254,13 @@ class _NAGPipelineMixin:
             reason = "scale is 1" if config.scale == 1.0 else "alpha is 0"
             self.nag_report = inactive_report(family, config, f"{reason}: ran the stock pipeline")
             return super().__call__(*args, **kwargs)
+        if isinstance(negative, tuple) and getattr(self, "tokenizer", False) is None:
+            raise ValueError(
+                f"this {type(self).__name__} has no tokenizer, so it cannot encode nag_negative_prompt: give the "
+                "negative as nag_negative_prompt_embeds"
+            )
         prompt_rows = _check_batch(super().__call__, args, kwargs, negative)
+        session.handle.refresh()
         state = session.state
         state.begin_call(config, negative if isinstance(negative, NegativeText) else None, prompt_rows)
         state.call.negative_prompt = negative if isinstance(negative, tuple) else None

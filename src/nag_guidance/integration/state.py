@@ -104,10 +104,12 @@ class NAGState:
         self.call: CallInfo | None = None
         self.forward: ForwardPlan | None = None
         self.layers: list[str] = []  # names of the wrapped layers; a layer's index is its row in ``CallInfo.stats``
+        self.rewrappers: list[Callable[[], list[str]]] = []  # wrap what diffusers replaced since (see hooks)
 
     def add_layer(self, name: str) -> int:
-        self.layers.append(name)
-        return len(self.layers) - 1
+        if name not in self.layers:
+            self.layers.append(name)
+        return self.layers.index(name)
 
     # -- call lifetime -------------------------------------------------------------------------
 

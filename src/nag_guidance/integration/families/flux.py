@@ -26,7 +26,9 @@ def extend_text_ids(arguments: dict[str, Any], plan: ForwardPlan, negative: Nega
 
 
 def _flux_preset(pipe: Any) -> str:
-    return "flux-dev" if pipe.transformer.config.get("guidance_embeds") else "flux-schnell"
+    """Guidance-distilled (dev) or not (schnell), from the transformer's config; schnell without a transformer."""
+    transformer = getattr(pipe, "transformer", None)
+    return "flux-dev" if transformer is not None and transformer.config.get("guidance_embeds") else "flux-schnell"
 
 
 FLUX = register(
