@@ -23,11 +23,23 @@ from nag_guidance.integration import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``NormalizedAttentionGuidance`` (the modular-pipeline guider) imports ``diffusers.guiders``, which takes
+    seconds: it is loaded on first access only, so ``import nag_guidance`` stays light."""
+    if name == "NormalizedAttentionGuidance":
+        from nag_guidance.guider import NormalizedAttentionGuidance
+
+        return NormalizedAttentionGuidance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "PRESETS",
     "NAGConfig",
     "NAGHandle",
     "NAGReport",
+    "NormalizedAttentionGuidance",
     "Preset",
     "__version__",
     "applied",

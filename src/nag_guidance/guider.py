@@ -1,0 +1,242 @@
+"""The guider door: NAG as a diffusers guider, for modular pipelines.
+
+Modular pipelines hand every denoiser forward of their loop to a guider component (``prepare_inputs`` splits the
+inputs into passes, ``prepare_models`` / ``cleanup_models`` bracket each pass, ``forward`` combines the
+predictions). ``NormalizedAttentionGuidance`` is such a guider: CFG when ``guidance_scale > 1`` (two passes, as
+``ClassifierFreeGuidance``), one pass otherwise, and NAG on the conditional pass only, through the same hooks as
+``nag.attach`` (installed on the denoiser on first use, inert outside that pass).
+
+The denoise blocks give a guider only their fixed (prompt, negative) input pairs, so the NAG negative is held by
+the guider: ``encode_negative(pipe, text)`` encodes it with the pipeline's own text-encoder block (its embeddings
+are exactly what the pipeline feeds the denoiser), or ``set_negative(embeds)`` takes precomputed ones::
+
+    import torch
+    from diffusers import StableDiffusionXLAutoBlocks
+
+    from nag_guidance import NormalizedAttentionGuidance
+
+    pipe = StableDiffusionXLAutoBlocks().init_pipeline("stabilityai/stable-diffusion-xl-base-1.0")
+    pipe.load_components(torch_dtype=torch.float16)
+    pipe.to("cuda")
+    guider = NormalizedAttentionGuidance(guidance_scale=5.0, nag_scale=3.0, nag_alpha=0.5)
+    guider.encode_negative(pipe, "glasses")
+    pipe.update_components(guider=guider)
+    image = pipe(prompt="a portrait of a man", num_inference_steps=25, output="images")[0]
+    print(guider.report)  # what NAG did in that run: layers, steps, mean r, share clipped by tau
+
+Its config (``save_pretrained`` / ``from_pretrained``) holds the parameters, not the negative, which is per run
+like a prompt. NAG acts on ``nag_start <= step / steps < nag_stop`` (the pipeline door's ``nag_start`` /
+``nag_end`` rule); ``start`` / ``stop`` gate CFG, as in diffusers' guiders.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
+
+from nag_guidance.config import NAGConfig
+from nag_guidance.integration.denoiser import NAGHandle, attach
+from nag_guidance.integration.registry import registered_families
+from nag_guidance.integration.report import NAGReport, inactive_report, report_from_call
+from nag_guidance.integration.state import CallInfo, NegativeText
+
+if TYPE_CHECKING:
+    from diffusers.modular_pipelines import BlockState, ModularPipeline
+
+HANDLE_ATTRIBUTE = "_nag_guider_handle"
+"""Where a denoiser keeps the NAG handle the guiders installed: one installation per denoiser, shared by every
+guider instance (``guider.new(...)`` included), so hooks never nest and live as long as the denoiser."""
+
+DENOISER_FAMILIES = {
+    "UNet2DConditionModel": "sdxl",
+    "Flux2Transformer2DModel": "flux2",
+    "WanTransformer3DModel": "wan",
+}
+"""The family ``family=None`` picks for a denoiser class: those of diffusers' modular pipelines whose denoise loop
+consults the guider and that the tests cover (SDXL, FLUX.2-Klein base, Wan 2.1). Any other attachable family is
+named with ``family=``. diffusers' Flux.1 modular pipeline never calls its guider; loops that run each pass inside
+``cache_context(identifier)`` (LTX, HunyuanVideo-1.5) are not guided yet (``guider.report`` says so)."""
+
+
+class NormalizedAttentionGuidance(BaseGuidance):
+    """NAG (optionally with CFG) as a guider component of a diffusers modular pipeline (see the module docstring).
+
+    nag_scale, nag_tau, nag_alpha: as ``NAGConfig`` (scale 1 = NAG off). nag_start, nag_stop: the NAG window, as
+    fractions of the denoising steps (all five, validated, are ``guider.nag``). guidance_scale, guidance_rescale,
+    start, stop: CFG, as in ``ClassifierFreeGuidance`` (CFG runs when ``guidance_scale > 1``). family: the NAG
+    family of the denoiser (see ``nag families``); None picks it from the denoiser's class (``DENOISER_FAMILIES``).
+    """
+
+    _input_predictions = ["pred_cond", "pred_uncond"]
+
+    @register_to_config
+    def __init__(
+        self,
+        nag_scale: float = 5.0,
+        nag_tau: float = 2.5,
+        nag_alpha: float = 0.25,
+        nag_start: float = 0.0,
+        nag_stop: float = 1.0,
+        guidance_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
+        family: str | None = None,
+        start: float = 0.0,
+        stop: float = 1.0,
+        enabled: bool = True,
+    ) -> None:
+        super().__init__(start, stop, enabled)
+        self.nag = NAGConfig(scale=nag_scale, tau=nag_tau, alpha=nag_alpha, start=nag_start, end=nag_stop)
+        self.guidance_scale = guidance_scale
+        self.guidance_rescale = guidance_rescale
+        families = registered_families()
+        if family is not None and not (family in families and families[family].attachable):
+            usable = ", ".join(name for name, spec in families.items() if spec.attachable)
+            raise ValueError(f"family={family!r} cannot be guided on a bare denoiser; the guider takes: {usable}")
+        self.family = family
+        self._negative: NegativeText | None = None
+        self._denoisers: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # what ``remove`` uninstalls from
+        self._calls: list[tuple[NAGHandle, CallInfo]] = []  # the guided passes of the current run, for ``report``
+
+    # -- the negative --------------------------------------------------------------------------
+
+    def set_negative(self, negative_embeds: torch.Tensor | None, negative_mask: torch.Tensor | None = None) -> None:
+        """Guide away from ``negative_embeds`` ((1 or n prompts, L, D), as the denoiser takes its text); None
+        forgets the negative."""
+        self._negative = None if negative_embeds is None else NegativeText(negative_embeds, negative_mask)
+
+    def encode_negative(
+        self, pipe: ModularPipeline, negative_prompt: str | list[str], **text_inputs: Any
+    ) -> torch.Tensor:
+        """Encode the NAG negative with ``pipe``'s own "text_encoder" block and keep it; returns the embeddings.
+
+        ``text_inputs`` are that block's other inputs (e.g. ``max_sequence_length``): give the values the
+        generation uses. The block runs as in the generation, with this guider.
+        """
+        if "text_encoder" not in getattr(pipe.blocks, "sub_blocks", {}):
+            raise ValueError(f"{type(pipe).__name__} has no 'text_encoder' block: use set_negative(embeds)")
+        encoder = pipe.blocks.sub_blocks["text_encoder"].init_pipeline()
+        components = {name: getattr(pipe, name) for name in encoder.component_names if name != "guider"}
+        encoder.update_components(guider=self, **components)
+        embeds = encoder(prompt=negative_prompt, output="prompt_embeds", **text_inputs)
+        self.set_negative(embeds)
+        return embeds
+
+    # -- the guider protocol -------------------------------------------------------------------
+
+    def set_state(self, step: int, num_inference_steps: int, timestep: torch.Tensor) -> None:
+        super().set_state(step, num_inference_steps, timestep)
+        if step == 0:
+            self._calls = []  # a new run
+
+    def prepare_inputs(self, data: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[BlockState]:
+        return [
+            self._prepare_batch(data, i, name) for i, name in enumerate(self._input_predictions[: self.num_conditions])
+        ]
+
+    def prepare_inputs_from_block_state(
+        self, data: BlockState, input_fields: dict[str, str | tuple[str, str]]
+    ) -> list[BlockState]:
+        return [
+            self._prepare_batch_from_block_state(input_fields, data, i, name)
+            for i, name in enumerate(self._input_predictions[: self.num_conditions])
+        ]
+
+    def prepare_models(self, denoiser: torch.nn.Module) -> None:
+        """Arm NAG for the coming forward when it is the conditional pass of a step inside the NAG window."""
+        self._count_prepared += 1
+        if not (self.is_conditional and self._is_nag_enabled()):
+            return
+        if self._negative is None:
+            raise RuntimeError(
+                "no NAG negative: call guider.encode_negative(pipe, text) or guider.set_negative(embeds)"
+            )
+        handle = self._handle(denoiser)
+        if handle.active:  # a forward that raised never reached cleanup_models
+            handle.state.end_call()
+        handle.begin(self._negative, config=replace(self.nag, start=0.0, end=1.0))  # the guider keeps the window
+
+    def cleanup_models(self, denoiser: torch.nn.Module) -> None:
+        """Disarm NAG after the guided pass; its statistics stay on the device until ``report`` reads them."""
+        handle = denoiser.__dict__.get(HANDLE_ATTRIBUTE)
+        if handle is not None and handle.active:
+            self._calls.append((handle, handle.state.end_call()))
+
+    def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None) -> GuiderOutput:
+        pred = pred_cond
+        if self._is_cfg_enabled():
+            pred = pred_uncond + self.guidance_scale * (pred_cond - pred_uncond)
+        if self.guidance_rescale > 0.0:
+            pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
+        return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+    @property
+    def is_conditional(self) -> bool:
+        return self._count_prepared == 1
+
+    @property
+    def num_conditions(self) -> int:
+        return 2 if self._is_cfg_enabled() else 1
+
+    # -- NAG -----------------------------------------------------------------------------------
+
+    @property
+    def report(self) -> NAGReport | None:
+        """What NAG did in the last (or running) denoising run; None before any run. Reading it syncs the host."""
+        if self._num_inference_steps is None:
+            return None
+        family = self.family or next((handle.family.name for handle, _ in self._calls), "unknown")
+        if not self.nag.active:
+            return inactive_report(family, self.nag, "nag_scale is 1 or nag_alpha is 0: NAG was off")
+        merged = CallInfo(config=self.nag, negative=self._negative, num_steps=self._num_inference_steps)
+        per_denoiser: dict[NAGHandle, torch.Tensor] = {}  # per-layer statistics, summed over the run
+        for handle, call in self._calls:
+            if call.stats is not None:
+                per_denoiser[handle] = per_denoiser.get(handle, 0) + call.stats
+                merged.guided_timesteps.extend(call.guided_timesteps)
+            merged.notes.extend(n for n in call.notes if n not in merged.notes)
+        if per_denoiser:
+            device = next(iter(per_denoiser.values())).device
+            merged.stats = torch.cat([stats.to(device) for stats in per_denoiser.values()])
+        elif self._calls and not merged.notes:  # armed passes the hooks declined without saying why
+            reason = "the denoise loop names its passes in cache_context (as LTX's does), which NAG does not guide yet"
+            return inactive_report(family, self.nag, f"{len(self._calls)} conditional passes ran unguided: {reason}")
+        return report_from_call(family, merged)
+
+    def remove(self) -> None:
+        """Uninstall the NAG hooks from every denoiser this guider ran on (they are inert between its passes)."""
+        for denoiser in list(self._denoisers):
+            handle = denoiser.__dict__.pop(HANDLE_ATTRIBUTE, None)
+            if handle is not None:  # another guider may have removed it already
+                handle.remove()
+        self._denoisers.clear()
+
+    def _handle(self, denoiser: torch.nn.Module) -> NAGHandle:
+        handle = denoiser.__dict__.get(HANDLE_ATTRIBUTE)
+        if handle is None:
+            family = self.family or DENOISER_FAMILIES.get(type(denoiser).__name__)
+            if family is None:
+                raise ValueError(
+                    f"no NAG family known for a {type(denoiser).__name__}: pass family=... (see `nag families`)"
+                )
+            handle = denoiser.__dict__[HANDLE_ATTRIBUTE] = attach(denoiser, family)
+        self._denoisers.add(denoiser)
+        return handle
+
+    def _is_nag_enabled(self) -> bool:
+        if not (self._enabled and self.nag.active):
+            return False
+        if self._num_inference_steps is None:
+            return True
+        return self.nag.start <= self._step / self._num_inference_steps < self.nag.end
+
+    def _is_cfg_enabled(self) -> bool:
+        if not self._enabled or self.guidance_scale <= 1.0:
+            return False
+        if self._num_inference_steps is None:
+            return True
+        return int(self._start * self._num_inference_steps) <= self._step < int(self._stop * self._num_inference_steps)
