@@ -32,6 +32,9 @@ def attention_with_lse(
     elif mask is not None:
         mask = mask.to(q.dtype)
     key = (q.device.type, q.dtype)
+    if torch.compiler.is_compiling():  # no data-dependent check can be traced: trust a kernel not found bad
+        result = _kernel(q, k, v, mask, scale) if _KERNEL_OK.get(key, True) else None
+        return result if result is not None else _plain(q, k, v, mask, scale)
     if _KERNEL_OK.get(key, True):
         try:
             result = _kernel(q, k, v, mask, scale)
@@ -53,12 +56,13 @@ def merge_attention(
     """Attention over the union of two key sets, from each set's (output, lse), written into ``into``.
 
     out = out_a + w·(out_b − out_a) with w = exp(lse_b − logaddexp(lse_a, lse_b)) = sigmoid(lse_b − lse_a): one
-    fused ``lerp``. Low-precision outputs are merged in fp32; with autograd recording (a sampling loop of one's own
-    outside ``torch.no_grad``) the merge is copied in, since ``out=`` cannot be differentiated.
+    fused ``lerp``. Low-precision outputs are merged in fp32. The merge is copied in instead of written with
+    ``out=`` when autograd records (a sampling loop of one's own outside ``torch.no_grad``: ``out=`` cannot be
+    differentiated) and under ``torch.compile`` (which fuses the copy anyway, and cannot trace ``out=`` views).
     """
     (out_a, lse_a), (out_b, lse_b) = a, b
     weight = torch.sigmoid(lse_b - lse_a).unsqueeze(-1)
-    if out_a.dtype == torch.float32 and not torch.is_grad_enabled():
+    if out_a.dtype == torch.float32 and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return torch.lerp(out_a, out_b, weight, out=into)
     return into.copy_(torch.lerp(out_a.float(), out_b.float(), weight))
 
