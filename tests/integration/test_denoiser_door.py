@@ -109,3 +109,16 @@ def test_defaults_and_applied_restore_the_previous_defaults():
         generate(pipe, CROSS["sd15"], nag={"nag_negative_prompt": NEGATIVE})
         assert pipe.nag_report.config.scale == 9
     assert nag.is_applied(pipe) and nag.defaults(pipe).scale == 3
+
+
+def test_nag_cannot_be_installed_twice_on_one_denoiser():
+    pipe = fj.make_flux(guidance_embeds=False)
+    handle = nag.attach(pipe.transformer, family="flux")
+    before = hook_snapshot(pipe.transformer)
+    with pytest.raises(ValueError, match="already has NAG installed"):
+        nag.attach(pipe.transformer, family="flux")
+    with pytest.raises(ValueError, match="already has NAG installed"):
+        nag.apply(pipe)
+    assert hook_snapshot(pipe.transformer) == before and not nag.is_applied(pipe)  # nothing half-installed
+    handle.remove()
+    nag.apply(pipe)  # free again

@@ -223,6 +223,11 @@ def wrap_processors(
     try:
         for name, module in model.named_modules():
             if matches_layer(name, names) and hasattr(module, "processor"):
+                if isinstance(module.processor, ProcessorWrapper) and module.processor.state is not state:
+                    raise ValueError(
+                        f"{prefix}.{name} already has NAG installed (by another nag.apply, nag.attach or NAG "
+                        "guider on the same denoiser): remove that one first"
+                    )
                 if not _wrapped_for(module.processor, state):
                     set_processor(module, wrapper_for(base, module.processor, state, f"{prefix}.{name}"))
                 wrapped.append(f"{prefix}.{name}")
