@@ -57,7 +57,7 @@ class JointLayout:
 
 
 def _wrapper_for(family: Family) -> type[ProcessorWrapper]:
-    layout: JointLayout = family.extra.get("layout", JointLayout())
+    layout = family.layout or JointLayout()
 
     class Wrapper(JointAttentionNAG):
         joint_layout = layout

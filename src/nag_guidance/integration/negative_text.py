@@ -51,7 +51,7 @@ def install(pipe: Any, family: Family, state: NAGState, wrapper: type[ProcessorW
                     f"{type(model).__name__} (pipe.{attr}) has no attention layers named "
                     f"{' or '.join(family.attention)}: NAG cannot be installed on it"
                 )
-            make_hook = family.extra.get("denoiser_hook", _append_negative)
+            make_hook = family.denoiser_hook or _append_negative
             undo.append(add_denoiser_hooks(model, make_hook(pipe, family, state), state))
             undo.append(track_cache_context(model, state))
             undo.append(unwrapped_during(model, "set_default_attn_processor", state))
@@ -65,7 +65,7 @@ def install(pipe: Any, family: Family, state: NAGState, wrapper: type[ProcessorW
 
 def _append_negative(pipe: Any, family: Family, state: NAGState):
     """The denoiser pre-hook: plan the forward and append the negative to the text input (and its mask)."""
-    extend: ExtendInputs | None = family.extra.get("extend_inputs")
+    extend = family.extend_inputs
 
     def pre_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call = state.call

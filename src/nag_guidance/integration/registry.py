@@ -2,21 +2,25 @@
 
 Each architecture family is described once, in its own small module, by a ``Family``: which pipeline classes
 it covers, where its denoisers live, how its ``encode_prompt`` answers, and which mechanism installs NAG. The
-modules register themselves here on import; ``detect`` finds the family of a pipeline instance.
+package ``families`` lists them all in ``FAMILIES``; ``detect`` finds the family of a pipeline instance.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from nag_guidance.integration.joint_attention import JointLayout
+    from nag_guidance.integration.negative_text import ExtendInputs
     from nag_guidance.integration.state import NAGState
 
 Undo = Callable[[], None]
 Installer = Callable[[Any, "Family", "NAGState"], list[Undo]]
 """Installs NAG on a pipeline and returns the undo actions, in installation order."""
+DenoiserHook = Callable[[Any, "Family", "NAGState"], Callable[[Any, tuple, dict], Any]]
+"""Makes a family's own denoiser forward pre-hook (pipe, family, state -> hook)."""
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,9 @@ class Family:
     "uncond"/"uncond_mask" (the pipeline's CFG negative), anything else is ignored. ``attention`` names the
     text-attention layers: the last component of their module names (e.g. "attn2") or, with a dot, an
     ``fnmatch`` pattern of the whole name. ``text_width`` lets precomputed negative embeddings be checked before
-    any compute (None where the pipeline's embeddings are not what the denoiser takes). ``extra`` holds
-    mechanism-specific settings.
+    any compute (None where the pipeline's embeddings are not what the denoiser takes). The last three fields are
+    for the mechanisms: ``layout`` says where joint attention is called, ``extend_inputs`` extends what else
+    depends on the text length, ``denoiser_hook`` replaces the shared pre-hook that appends the negative.
     """
 
     name: str
@@ -45,28 +50,24 @@ class Family:
     attachable: bool = True  # whether ``nag.attach`` can install it on the bare denoiser (no other components)
     cfg_cond_first: bool = False  # the pipeline batches CFG as [cond, uncond] instead of diffusers' usual order
     cfg_argument: str | None = "guidance_scale"  # the call argument that turns on CFG with ``negative_prompt``
-    extra: dict[str, Any] = field(default_factory=dict)
+    layout: JointLayout | None = None  # joint attention only; None: ``JointLayout()``
+    extend_inputs: ExtendInputs | None = None
+    denoiser_hook: DenoiserHook | None = None
 
     def preset_for(self, pipe: Any) -> str:
         """The presets-table row for this pipeline (some families pick it from the model's config)."""
         return self.preset(pipe) if callable(self.preset) else self.preset
 
 
-_FAMILIES: dict[str, Family] = {}
-
-
-def register(family: Family) -> Family:
-    if family.name in _FAMILIES:
-        raise ValueError(f"family {family.name!r} is registered twice")
-    _FAMILIES[family.name] = family
-    return family
-
-
 def registered_families() -> dict[str, Family]:
-    """All registered families by name (importing the family modules registers them)."""
-    import nag_guidance.integration.families  # noqa: F401
+    """All families by name, in the order of ``families.FAMILIES`` (imported here: the family modules import
+    this one)."""
+    from nag_guidance.integration.families import FAMILIES
 
-    return dict(_FAMILIES)
+    known = {family.name: family for family in FAMILIES}
+    if len(known) != len(FAMILIES):
+        raise ValueError("two families in families.FAMILIES have the same name")
+    return known
 
 
 def supported_pipelines() -> dict[str, tuple[str, ...]]:

@@ -12,7 +12,7 @@ from nag_guidance.integration import joint_attention
 from nag_guidance.integration.families.flux import extend_text_ids
 from nag_guidance.integration.joint_attention import JointLayout
 from nag_guidance.integration.negative_text import joined_mask
-from nag_guidance.integration.registry import Family, register
+from nag_guidance.integration.registry import Family
 from nag_guidance.integration.state import ForwardPlan, NegativeText
 
 
@@ -34,16 +34,15 @@ def extend_inputs(arguments: dict[str, Any], plan: ForwardPlan, negative: Negati
     arguments["attention_mask"] = torch.cat([text_mask, image_mask.to(text_mask.dtype)], dim=1)
 
 
-CHROMA = register(
-    Family(
-        name="chroma",
-        text_width="joint_attention_dim",
-        pipelines=("ChromaPipeline", "ChromaImg2ImgPipeline"),
-        install=joint_attention.install,
-        preset="chroma",
-        encode_returns=("embeds", "ids", "mask", "uncond", "uncond_ids", "uncond_mask"),
-        mask_arg=None,
-        attention=("attn",),
-        extra={"layout": JointLayout("dispatch", text_first=True), "extend_inputs": extend_inputs},
-    )
+CHROMA = Family(
+    name="chroma",
+    text_width="joint_attention_dim",
+    pipelines=("ChromaPipeline", "ChromaImg2ImgPipeline"),
+    install=joint_attention.install,
+    preset="chroma",
+    encode_returns=("embeds", "ids", "mask", "uncond", "uncond_ids", "uncond_mask"),
+    mask_arg=None,
+    attention=("attn",),
+    layout=JointLayout("dispatch", text_first=True),
+    extend_inputs=extend_inputs,
 )

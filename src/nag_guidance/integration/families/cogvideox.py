@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.hooks import bind_forward, unbind
 from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, Undo, register
+from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import NAGState
 
 
@@ -72,21 +72,19 @@ def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
     return [*undo, *(handle.remove for handle in handles)]
 
 
-COGVIDEOX = register(
-    Family(
-        name="cogvideox",
-        text_width="text_embed_dim",
-        pipelines=(
-            "CogVideoXPipeline",
-            "CogVideoXImageToVideoPipeline",
-            "CogVideoXVideoToVideoPipeline",
-            "CogVideoXFunControlPipeline",
-        ),
-        install=install,
-        preset="generic",
-        encode_returns=("embeds", "uncond"),
-        mask_arg=None,
-        attention=("attn1",),
-        extra={"layout": JointLayout("sdpa", text_first=True)},
-    )
+COGVIDEOX = Family(
+    name="cogvideox",
+    text_width="text_embed_dim",
+    pipelines=(
+        "CogVideoXPipeline",
+        "CogVideoXImageToVideoPipeline",
+        "CogVideoXVideoToVideoPipeline",
+        "CogVideoXFunControlPipeline",
+    ),
+    install=install,
+    preset="generic",
+    encode_returns=("embeds", "uncond"),
+    mask_arg=None,
+    attention=("attn1",),
+    layout=JointLayout("sdpa", text_first=True),
 )

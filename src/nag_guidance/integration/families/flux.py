@@ -14,7 +14,7 @@ import torch
 
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, register
+from nag_guidance.integration.registry import Family
 from nag_guidance.integration.state import ForwardPlan, NegativeText
 
 
@@ -31,32 +31,30 @@ def _flux_preset(pipe: Any) -> str:
     return "flux-dev" if transformer is not None and transformer.config.get("guidance_embeds") else "flux-schnell"
 
 
-FLUX = register(
-    Family(
-        name="flux",
-        text_width="joint_attention_dim",
-        pipelines=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
-        install=joint_attention.install,
-        preset=_flux_preset,
-        encode_returns=("embeds", "pooled", "ids"),
-        mask_arg=None,
-        cfg_argument="true_cfg_scale",
-        attention=("attn",),
-        extra={"layout": JointLayout("dispatch", text_first=True), "extend_inputs": extend_text_ids},
-    )
+FLUX = Family(
+    name="flux",
+    text_width="joint_attention_dim",
+    pipelines=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
+    install=joint_attention.install,
+    preset=_flux_preset,
+    encode_returns=("embeds", "pooled", "ids"),
+    mask_arg=None,
+    cfg_argument="true_cfg_scale",
+    attention=("attn",),
+    layout=JointLayout("dispatch", text_first=True),
+    extend_inputs=extend_text_ids,
 )
 
-FLUX_KONTEXT = register(
-    Family(
-        name="flux-kontext",
-        text_width="joint_attention_dim",
-        pipelines=("FluxKontextPipeline", "FluxKontextInpaintPipeline"),
-        install=joint_attention.install,
-        preset="flux-kontext",
-        encode_returns=("embeds", "pooled", "ids"),
-        mask_arg=None,
-        cfg_argument="true_cfg_scale",
-        attention=("attn",),
-        extra={"layout": JointLayout("dispatch", text_first=True), "extend_inputs": extend_text_ids},
-    )
+FLUX_KONTEXT = Family(
+    name="flux-kontext",
+    text_width="joint_attention_dim",
+    pipelines=("FluxKontextPipeline", "FluxKontextInpaintPipeline"),
+    install=joint_attention.install,
+    preset="flux-kontext",
+    encode_returns=("embeds", "pooled", "ids"),
+    mask_arg=None,
+    cfg_argument="true_cfg_scale",
+    attention=("attn",),
+    layout=JointLayout("dispatch", text_first=True),
+    extend_inputs=extend_text_ids,
 )

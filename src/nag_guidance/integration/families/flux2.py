@@ -13,7 +13,7 @@ import torch
 
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, register
+from nag_guidance.integration.registry import Family
 from nag_guidance.integration.state import ForwardPlan, NegativeText
 
 
@@ -25,17 +25,16 @@ def extend_text_ids(arguments: dict[str, Any], plan: ForwardPlan, negative: Nega
     arguments["txt_ids"] = torch.cat([ids, extra], dim=-2)
 
 
-FLUX2 = register(
-    Family(
-        name="flux2",
-        text_width="joint_attention_dim",
-        pipelines=("Flux2Pipeline", "Flux2KleinPipeline"),
-        cfg_argument=None,  # FLUX.2-dev is guidance-distilled; Klein's CFG negative is always ""
-        install=joint_attention.install,
-        preset="generic",
-        encode_returns=("embeds", "ids"),
-        mask_arg=None,
-        attention=("attn",),
-        extra={"layout": JointLayout("dispatch", text_first=True), "extend_inputs": extend_text_ids},
-    )
+FLUX2 = Family(
+    name="flux2",
+    text_width="joint_attention_dim",
+    pipelines=("Flux2Pipeline", "Flux2KleinPipeline"),
+    cfg_argument=None,  # FLUX.2-dev is guidance-distilled; Klein's CFG negative is always ""
+    install=joint_attention.install,
+    preset="generic",
+    encode_returns=("embeds", "ids"),
+    mask_arg=None,
+    attention=("attn",),
+    layout=JointLayout("dispatch", text_first=True),
+    extend_inputs=extend_text_ids,
 )

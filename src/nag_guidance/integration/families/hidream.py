@@ -17,8 +17,8 @@ would reuse for the negative as well, is refused. The pipeline batches CFG as [u
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ import torch
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.hooks import bind_forward, unbind
 from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, Undo, register
+from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
 
 _LLAMA = "encoder_hidden_states_llama3"
@@ -35,9 +35,7 @@ _MISSING = object()
 
 def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
     extend = _extend_llama(state)
-    undo = joint_attention.install(
-        pipe, dataclasses.replace(family, extra={**family.extra, "extend_inputs": extend}), state
-    )
+    undo = joint_attention.install(pipe, replace(family, extend_inputs=extend), state)
     undo += [
         _redirect(pipe, state, "_get_t5_prompt_embeds", "t5"),
         _redirect(pipe, state, "_get_llama3_prompt_embeds", "llama3"),
@@ -165,18 +163,16 @@ def _restore_single(state: NAGState):
     return post_forward
 
 
-HIDREAM = register(
-    Family(
-        name="hidream",
-        attachable=False,
-        pipelines=("HiDreamImagePipeline",),
-        install=install,
-        preset="generic",
-        encode_returns=("embeds", "uncond", "llama3", "uncond_llama3", "pooled", "uncond_pooled"),
-        text_arg="encoder_hidden_states_t5",
-        mask_arg=None,
-        timestep_arg="timesteps",
-        attention=("attn1",),
-        extra={"layout": JointLayout("sdpa", text_first=False)},
-    )
+HIDREAM = Family(
+    name="hidream",
+    attachable=False,
+    pipelines=("HiDreamImagePipeline",),
+    install=install,
+    preset="generic",
+    encode_returns=("embeds", "uncond", "llama3", "uncond_llama3", "pooled", "uncond_pooled"),
+    text_arg="encoder_hidden_states_t5",
+    mask_arg=None,
+    timestep_arg="timesteps",
+    attention=("attn1",),
+    layout=JointLayout("sdpa", text_first=False),
 )

@@ -14,7 +14,7 @@ import torch
 
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, Undo, register
+from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
 
 
@@ -62,17 +62,16 @@ def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
     return [*undo, *(h.remove for h in handles)]
 
 
-HUNYUAN_VIDEO = register(
-    Family(
-        name="hunyuan-video",
-        text_width="text_embed_dim",
-        pipelines=("HunyuanVideoPipeline",),
-        install=install,
-        preset="hunyuan-video",
-        encode_returns=("embeds", "pooled", "mask"),
-        mask_arg=None,
-        cfg_argument="true_cfg_scale",
-        attention=("transformer_blocks.*.attn", "single_transformer_blocks.*.attn"),  # not the token refiner
-        extra={"layout": JointLayout("dispatch", text_first=False), "extend_inputs": extend_inputs},
-    )
+HUNYUAN_VIDEO = Family(
+    name="hunyuan-video",
+    text_width="text_embed_dim",
+    pipelines=("HunyuanVideoPipeline",),
+    install=install,
+    preset="hunyuan-video",
+    encode_returns=("embeds", "pooled", "mask"),
+    mask_arg=None,
+    cfg_argument="true_cfg_scale",
+    attention=("transformer_blocks.*.attn", "single_transformer_blocks.*.attn"),  # not the token refiner
+    layout=JointLayout("dispatch", text_first=False),
+    extend_inputs=extend_inputs,
 )

@@ -16,18 +16,16 @@ import torch
 
 from nag_guidance.integration import cross_attention
 from nag_guidance.integration.hooks import bind_forward, unbind
-from nag_guidance.integration.registry import Family, Undo, register
+from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import NAGState, NegativeText
 
-LTX = register(
-    Family(
-        name="ltx",
-        text_width="caption_channels",
-        pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"),
-        install=cross_attention.install,
-        preset="generic",
-        encode_returns=("embeds", "mask", "uncond", "uncond_mask"),
-    )
+LTX = Family(
+    name="ltx",
+    text_width="caption_channels",
+    pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"),
+    install=cross_attention.install,
+    preset="generic",
+    encode_returns=("embeds", "mask", "uncond", "uncond_mask"),
 )
 
 
@@ -85,14 +83,12 @@ def _split_negative(state: NAGState):
     return post_forward
 
 
-LTX2 = register(
-    Family(
-        name="ltx2",
-        attachable=False,
-        pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline"),
-        install=_install_ltx2,
-        preset="ltx2",
-        encode_returns=("embeds", "mask", "uncond", "uncond_mask"),
-        attention=("attn2",),
-    )
+LTX2 = Family(
+    name="ltx2",
+    attachable=False,
+    pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline"),
+    install=_install_ltx2,
+    preset="ltx2",
+    encode_returns=("embeds", "mask", "uncond", "uncond_mask"),
+    attention=("attn2",),
 )

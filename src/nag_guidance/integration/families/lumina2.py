@@ -22,7 +22,7 @@ import torch
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.hooks import bind_forward, unbind
 from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, Undo, register
+from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import NAGState, NegativeText
 
 
@@ -176,16 +176,15 @@ def _shifted_rotary(model: torch.nn.Module, captions: torch.Tensor, lengths: tor
     return torch.where((j < lengths.to(captions.device)[:, None])[..., None], rotary, torch.zeros_like(rotary))
 
 
-LUMINA2 = register(
-    Family(
-        name="lumina2",
-        text_width="cap_feat_dim",
-        pipelines=("Lumina2Pipeline",),
-        install=install,
-        preset="generic",
-        encode_returns=("embeds", "mask", "uncond", "uncond_mask"),
-        mask_arg="encoder_attention_mask",
-        attention=("layers.*.attn",),
-        extra={"layout": JointLayout("sdpa", text_first=True), "denoiser_hook": _plan_forward},
-    )
+LUMINA2 = Family(
+    name="lumina2",
+    text_width="cap_feat_dim",
+    pipelines=("Lumina2Pipeline",),
+    install=install,
+    preset="generic",
+    encode_returns=("embeds", "mask", "uncond", "uncond_mask"),
+    mask_arg="encoder_attention_mask",
+    attention=("layers.*.attn",),
+    layout=JointLayout("sdpa", text_first=True),
+    denoiser_hook=_plan_forward,
 )

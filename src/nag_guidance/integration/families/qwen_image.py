@@ -14,7 +14,7 @@ import torch
 
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, Undo, register
+from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import NAGState
 
 
@@ -38,24 +38,22 @@ def _restart_negative_positions(state: NAGState):
     return post_forward
 
 
-QWEN_IMAGE = register(
-    Family(
-        name="qwen-image",
-        text_width="joint_attention_dim",
-        pipelines=(
-            "QwenImagePipeline",
-            "QwenImageImg2ImgPipeline",
-            "QwenImageInpaintPipeline",
-            "QwenImageEditPipeline",
-            "QwenImageEditPlusPipeline",
-            "QwenImageEditInpaintPipeline",
-        ),
-        install=install,
-        preset="generic",
-        encode_returns=("embeds", "mask"),
-        mask_arg="encoder_hidden_states_mask",
-        cfg_argument="true_cfg_scale",
-        attention=("attn",),
-        extra={"layout": JointLayout("dispatch", text_first=True)},
-    )
+QWEN_IMAGE = Family(
+    name="qwen-image",
+    text_width="joint_attention_dim",
+    pipelines=(
+        "QwenImagePipeline",
+        "QwenImageImg2ImgPipeline",
+        "QwenImageInpaintPipeline",
+        "QwenImageEditPipeline",
+        "QwenImageEditPlusPipeline",
+        "QwenImageEditInpaintPipeline",
+    ),
+    install=install,
+    preset="generic",
+    encode_returns=("embeds", "mask"),
+    mask_arg="encoder_hidden_states_mask",
+    cfg_argument="true_cfg_scale",
+    attention=("attn",),
+    layout=JointLayout("dispatch", text_first=True),
 )

@@ -7,18 +7,16 @@ modulated with the prompt rows' timestep + pooled embedding (see ``joint_attenti
 
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, register
+from nag_guidance.integration.registry import Family
 
-SD3 = register(
-    Family(
-        name="sd3",
-        text_width="joint_attention_dim",
-        pipelines=("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
-        install=joint_attention.install,
-        preset="sd35-large-turbo",
-        encode_returns=("embeds", "uncond", "pooled", "uncond_pooled"),
-        mask_arg=None,
-        attention=("attn",),
-        extra={"layout": JointLayout("sdpa", text_first=False)},
-    )
+SD3 = Family(
+    name="sd3",
+    text_width="joint_attention_dim",
+    pipelines=("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
+    install=joint_attention.install,
+    preset="sd35-large-turbo",
+    encode_returns=("embeds", "uncond", "pooled", "uncond_pooled"),
+    mask_arg=None,
+    attention=("attn",),
+    layout=JointLayout("sdpa", text_first=False),
 )

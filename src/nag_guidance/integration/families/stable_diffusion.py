@@ -4,36 +4,32 @@ The pooled text and time ids of SDXL feed the UNet's added embeddings, not atten
 """
 
 from nag_guidance.integration import cross_attention
-from nag_guidance.integration.registry import Family, register
+from nag_guidance.integration.registry import Family
 
-SD = register(
-    Family(
-        name="sd",
-        text_width="cross_attention_dim",
-        pipelines=(
-            "StableDiffusionPipeline",
-            "StableDiffusionImg2ImgPipeline",
-            "StableDiffusionInpaintPipeline",
-        ),
-        install=cross_attention.install,
-        preset="sd15",
-        encode_returns=("embeds", "uncond"),
-        denoisers=("unet",),
-    )
+SD = Family(
+    name="sd",
+    text_width="cross_attention_dim",
+    pipelines=(
+        "StableDiffusionPipeline",
+        "StableDiffusionImg2ImgPipeline",
+        "StableDiffusionInpaintPipeline",
+    ),
+    install=cross_attention.install,
+    preset="sd15",
+    encode_returns=("embeds", "uncond"),
+    denoisers=("unet",),
 )
 
-SDXL = register(
-    Family(
-        name="sdxl",
-        text_width="cross_attention_dim",
-        pipelines=(
-            "StableDiffusionXLPipeline",
-            "StableDiffusionXLImg2ImgPipeline",
-            "StableDiffusionXLInpaintPipeline",
-        ),
-        install=cross_attention.install,
-        preset="sdxl",
-        encode_returns=("embeds", "uncond", "pooled", "uncond_pooled"),
-        denoisers=("unet",),
-    )
+SDXL = Family(
+    name="sdxl",
+    text_width="cross_attention_dim",
+    pipelines=(
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        "StableDiffusionXLInpaintPipeline",
+    ),
+    install=cross_attention.install,
+    preset="sdxl",
+    encode_returns=("embeds", "uncond", "pooled", "uncond_pooled"),
+    denoisers=("unet",),
 )

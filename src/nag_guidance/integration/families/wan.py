@@ -7,17 +7,15 @@ negative too because the pipeline pads it to the same length).
 """
 
 from nag_guidance.integration import cross_attention
-from nag_guidance.integration.registry import Family, register
+from nag_guidance.integration.registry import Family
 
-WAN = register(
-    Family(
-        name="wan",
-        text_width="text_dim",
-        pipelines=("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline"),
-        install=cross_attention.install,
-        preset="wan21",
-        encode_returns=("embeds", "uncond"),
-        denoisers=("transformer", "transformer_2"),
-        mask_arg=None,
-    )
+WAN = Family(
+    name="wan",
+    text_width="text_dim",
+    pipelines=("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline"),
+    install=cross_attention.install,
+    preset="wan21",
+    encode_returns=("embeds", "uncond"),
+    denoisers=("transformer", "transformer_2"),
+    mask_arg=None,
 )

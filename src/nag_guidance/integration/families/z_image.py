@@ -19,7 +19,7 @@ import torch
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.hooks import bind_forward
 from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, Undo, register
+from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import NAGState
 
 
@@ -116,19 +116,18 @@ def _append_caption(plan: Any, unified, freqs, mask, image_lengths: list[int]):
     )
 
 
-Z_IMAGE = register(
-    Family(
-        name="z-image",
-        text_width="cap_feat_dim",
-        pipelines=("ZImagePipeline", "ZImageImg2ImgPipeline"),
-        install=install,
-        preset="generic",
-        encode_returns=("embeds", "uncond"),
-        text_arg="cap_feats",
-        mask_arg=None,
-        timestep_arg="t",
-        attention=("layers.*.attention",),
-        cfg_cond_first=True,
-        extra={"layout": JointLayout("dispatch", text_first=False), "denoiser_hook": _plan_forward},
-    )
+Z_IMAGE = Family(
+    name="z-image",
+    text_width="cap_feat_dim",
+    pipelines=("ZImagePipeline", "ZImageImg2ImgPipeline"),
+    install=install,
+    preset="generic",
+    encode_returns=("embeds", "uncond"),
+    text_arg="cap_feats",
+    mask_arg=None,
+    timestep_arg="t",
+    attention=("layers.*.attention",),
+    cfg_cond_first=True,
+    layout=JointLayout("dispatch", text_first=False),
+    denoiser_hook=_plan_forward,
 )
