@@ -147,7 +147,7 @@ def guided_joint_attention(
     neg = slice(start + n_pos, start + n_pos + n_neg)
     img = slice(start + n_pos + n_neg, total) if text_first else slice(0, n_img)
     rows = plan.rows
-    text_masks = plan.extras.get("text_key_masks")
+    text_masks = plan.text_key_masks
     if text_masks is not None:  # the family knows the text padding better than the model's joint mask
         image_keys = torch.ones(batch, n_img, dtype=torch.bool, device=q.device)
         parts = [text_masks[0].bool(), text_masks[1].bool()]

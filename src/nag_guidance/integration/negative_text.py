@@ -5,7 +5,8 @@ and appends the negative's embeddings to the prompt's text input on the *sequenc
 to the text mask. Whatever the model then does to text tokens one by one (caption projections and norms,
 modulation, the text stream of joint-attention blocks) happens to the negative's tokens too, with no per-model
 code. Families whose models derive text positions from the text input extend them in ``extend_inputs``.
-The attention wrappers take the negative back out of the sequence.
+The attention wrappers take the negative back out of the sequence. A submodule that must not see the two texts
+together runs on each alone (``NegativeAlone``).
 """
 
 from __future__ import annotations
@@ -113,3 +114,50 @@ def joined_mask(
     if negative_mask is None:
         negative_mask = torch.ones(negative_shape, dtype=like.dtype, device=like.device)
     return torch.cat([mask, negative_mask.to(mask.device, mask.dtype).repeat(repeat, 1)], dim=1)
+
+
+Strip = Callable[[ForwardPlan, dict[str, Any]], Any]
+"""Family part of ``NegativeAlone``: take the negative's part out of the bound arguments (in place), return it."""
+Rerun = Callable[[torch.nn.Module, ForwardPlan, dict[str, Any], Any, Any], Any]
+"""Family part of ``NegativeAlone``: (module, plan, bound arguments, what ``Strip`` returned, the module's output on
+the prompt alone) -> that output with the module's output on the negative alone spliced in."""
+
+
+class NegativeAlone:
+    """Runs a submodule on the prompt's text only, and on the negative's alone, and splices the two outputs.
+
+    For submodules that must not see the prompt's and the negative's tokens together (CogVideoX's patch embedding
+    with its fixed-length table, HunyuanVideo's token refiner): a pre-hook lets ``strip`` set the negative aside,
+    a forward hook lets ``rerun`` run the module on it, during which these hooks stand aside.
+    """
+
+    def __init__(self, module: torch.nn.Module, state: NAGState, strip: Strip, rerun: Rerun) -> None:
+        self.state, self.strip, self.rerun = state, strip, rerun
+        self.busy = False  # inside ``rerun``'s own call of the module
+        self.aside: Any = None  # what ``strip`` returned, until the forward hook takes it
+        handles = [
+            module.register_forward_pre_hook(self._before, with_kwargs=True),
+            module.register_forward_hook(self._after, with_kwargs=True),
+        ]
+        self.undo: list[Undo] = [handle.remove for handle in handles]
+
+    def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if self.busy:
+            return None
+        self.aside, plan = None, self.state.forward  # nothing kept from a forward that failed
+        if plan is None:
+            return None
+        bound = bind_forward(module, args, kwargs)
+        self.aside = self.strip(plan, bound.arguments)
+        return unbind(bound)
+
+    def _after(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        plan, aside = self.state.forward, self.aside
+        if self.busy or plan is None or aside is None:
+            return None
+        self.aside = None
+        self.busy = True
+        try:
+            return self.rerun(module, plan, bind_forward(module, args, kwargs).arguments, aside, output)
+        finally:
+            self.busy = False

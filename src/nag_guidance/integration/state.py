@@ -60,13 +60,17 @@ class ForwardPlan:
 
     ``rows``: the conditional batch rows; ``text_length`` / ``negative_length``: token counts of the prompt's and
     the negative's text as they entered the denoiser (the negative follows the prompt on the sequence axis).
+    ``text_key_masks``: (prompt, negative) text masks for the guided joint attention, where the family knows the
+    text padding better than the model's joint mask. ``family``: the family module's own per-forward values
+    (its dataclass, set by its hooks).
     """
 
     rows: slice
     batch: int
     text_length: int = 0
     negative_length: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
+    text_key_masks: tuple[torch.Tensor, torch.Tensor] | None = None
+    family: Any = None
 
 
 @dataclass
@@ -88,7 +92,7 @@ class CallInfo:
     stats: torch.Tensor | None = None  # per guided layer: [sum of r, tokens clipped, tokens], see ``NAGState.guide_``
     guided_timesteps: list = field(default_factory=list)
     notes: list = field(default_factory=list)
-    scratch: dict = field(default_factory=dict)  # family-specific per-call values
+    family: Any = None  # the family module's own per-call values (its dataclass, created by its hooks)
 
     def note(self, text: str) -> None:
         if text not in self.notes:

@@ -18,58 +18,41 @@ import torch
 import torch.nn.functional as F
 
 from nag_guidance.integration import joint_attention
-from nag_guidance.integration.hooks import bind_forward, unbind
 from nag_guidance.integration.joint_attention import JointLayout
+from nag_guidance.integration.negative_text import NegativeAlone
 from nag_guidance.integration.registry import Family, Undo
-from nag_guidance.integration.state import NAGState
+from nag_guidance.integration.state import ForwardPlan, NAGState
 
 
 def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
     undo = joint_attention.install(pipe, family, state)
-    embed = pipe.transformer.patch_embed
-    busy: list[bool] = []
+    return [*undo, *NegativeAlone(pipe.transformer.patch_embed, state, _strip, _embed_negative).undo]
 
-    def strip_negative(module: torch.nn.Module, args: tuple, kwargs: dict):
-        """Embed only the prompt's text with the video; keep the negative's aside."""
-        plan = state.forward
-        if plan is None or busy:
-            return None
-        bound = bind_forward(module, args, kwargs)
-        text = bound.arguments["text_embeds"]
-        plan.extras["negative_text"] = text[:, plan.text_length :]
-        bound.arguments["text_embeds"] = text[:, : plan.text_length]
-        return unbind(bound)
 
-    def embed_negative(module: torch.nn.Module, args: tuple, kwargs: dict, output: torch.Tensor):
-        """Insert the negative's tokens, embedded as they would be alone, after the prompt's."""
-        plan = state.forward
-        if plan is None or busy or "negative_text" not in plan.extras:
-            return None
-        negative = plan.extras.pop("negative_text")
-        bound = bind_forward(module, args, kwargs)
-        prompt, length = plan.text_length, negative.shape[1]
-        if length > prompt:
-            if module.use_positional_embeddings or module.use_learned_positional_embeddings:
-                raise ValueError(
-                    f"the NAG negative has {length} text tokens, more than the prompt's {prompt}: CogVideoX's "
-                    "positional table is sized for its fixed text length, so such a text cannot be embedded. Encode "
-                    "the negative with the prompt's max_sequence_length"
-                )
-            padded = negative
-        else:
-            padded = F.pad(negative, (0, 0, 0, prompt - length))
-        busy.append(True)
-        try:
-            embedded = module(padded, bound.arguments["image_embeds"])
-        finally:
-            busy.clear()
-        return torch.cat([output[:, :prompt], embedded[:, :length], output[:, prompt:]], dim=1)
+def _strip(plan: ForwardPlan, arguments: dict[str, Any]) -> torch.Tensor:
+    """Embed only the prompt's text with the video; keep the negative's aside."""
+    text = arguments["text_embeds"]
+    arguments["text_embeds"] = text[:, : plan.text_length]
+    return text[:, plan.text_length :]
 
-    handles = [
-        embed.register_forward_pre_hook(strip_negative, with_kwargs=True),
-        embed.register_forward_hook(embed_negative, with_kwargs=True),
-    ]
-    return [*undo, *(handle.remove for handle in handles)]
+
+def _embed_negative(
+    module: torch.nn.Module, plan: ForwardPlan, arguments: dict[str, Any], negative: torch.Tensor, output: torch.Tensor
+) -> torch.Tensor:
+    """Insert the negative's tokens, embedded as they would be alone, after the prompt's."""
+    prompt, length = plan.text_length, negative.shape[1]
+    if length > prompt:
+        if module.use_positional_embeddings or module.use_learned_positional_embeddings:
+            raise ValueError(
+                f"the NAG negative has {length} text tokens, more than the prompt's {prompt}: CogVideoX's "
+                "positional table is sized for its fixed text length, so such a text cannot be embedded. Encode "
+                "the negative with the prompt's max_sequence_length"
+            )
+        padded = negative
+    else:
+        padded = F.pad(negative, (0, 0, 0, prompt - length))
+    embedded = module(padded, arguments["image_embeds"])
+    return torch.cat([output[:, :prompt], embedded[:, :length], output[:, prompt:]], dim=1)
 
 
 COGVIDEOX = Family(

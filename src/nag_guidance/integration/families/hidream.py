@@ -18,7 +18,7 @@ would reuse for the negative as well, is refused. The pipeline batches CFG as [u
 from __future__ import annotations
 
 import inspect
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,6 +31,25 @@ from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
 
 _LLAMA = "encoder_hidden_states_llama3"
 _MISSING = object()
+
+
+@dataclass
+class _Call:
+    """Per call (``call.family``): the text encoders' outputs for the NAG negative, captured while encoding it, and
+    its Llama hidden states as the denoiser takes them, by (rows, batch, device, dtype)."""
+
+    t5: torch.Tensor | None = None
+    llama3: torch.Tensor | None = None
+    llama3_rows: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Order:
+    """Per guided forward (``plan.family``): the block text's token order as [prompt text | negative text], and
+    its inverse."""
+
+    regrouped: torch.Tensor
+    inverse: torch.Tensor
 
 
 def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
@@ -53,7 +72,8 @@ def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
 
 def _redirect(pipe: Any, state: NAGState, name: str, part: str) -> Undo:
     """While ``encode_prompt`` encodes the NAG negative, run the pipeline's text-encoder helper ``name`` on the
-    negative's text and keep its output (the Llama part, which the shared encoding does not return)."""
+    negative's text and keep its output in the ``part`` field of ``_Call`` (the Llama part, which the shared
+    encoding does not return)."""
     saved = pipe.__dict__.get(name, _MISSING)
     original = getattr(pipe, name)
     signature = inspect.signature(original)
@@ -65,7 +85,9 @@ def _redirect(pipe: Any, state: NAGState, name: str, part: str) -> Undo:
         bound = signature.bind(*args, **kwargs)
         bound.arguments["prompt"] = list(call.negative_prompt)
         out = original(*bound.args, **bound.kwargs)
-        call.scratch[f"hidream_negative_{part}"] = out
+        if call.family is None:
+            call.family = _Call()
+        setattr(call.family, part, out)
         return out
 
     setattr(pipe, name, encode)
@@ -85,29 +107,29 @@ def _extend_llama(state: NAGState):
 
     def extend(arguments: dict[str, Any], plan: ForwardPlan, negative: NegativeText) -> None:
         call = state.call
-        scratch = call.scratch
         if call.negative_prompt is None:
             raise ValueError(
                 "HiDream's text is T5 plus the hidden states of every Llama layer: give the NAG negative as text "
                 "(nag_negative_prompt); nag_negative_prompt_embeds can only carry its T5 part"
             )
-        if "hidream_negative_t5" not in scratch or "hidream_negative_llama3" not in scratch:
+        kept: _Call | None = call.family
+        if kept is None or kept.t5 is None or kept.llama3 is None:
             raise ValueError(
                 "the NAG negative was not encoded: HiDream's encode_prompt reuses prompt_embeds_t5 / "
                 "prompt_embeds_llama3 when they are given, for the NAG negative too; pass the prompt as text"
             )
         llama = arguments[_LLAMA]
         count = plan.rows.stop - plan.rows.start
-        key = ("hidream_llama3", count, plan.batch, llama.device, llama.dtype)
-        if key not in scratch:
-            raw = scratch["hidream_negative_llama3"]
+        key = (count, plan.batch, llama.device, llama.dtype)
+        if key not in kept.llama3_rows:
+            raw = kept.llama3
             if count % raw.shape[1]:
                 raise ValueError(
                     f"the NAG negative has {raw.shape[1]} rows, which does not divide the {count} prompt rows"
                 )
             rows = raw.to(llama).repeat_interleave(count // raw.shape[1], dim=1)
-            scratch[key] = rows.repeat(1, plan.batch // count, 1, 1)
-        negative_llama = scratch[key]
+            kept.llama3_rows[key] = rows.repeat(1, plan.batch // count, 1, 1)
+        negative_llama = kept.llama3_rows[key]
         arguments[_LLAMA] = torch.cat([llama, negative_llama], dim=2)
         t5, t5_negative = plan.text_length, plan.negative_length
         words, words_negative = llama.shape[2], negative_llama.shape[2]
@@ -116,7 +138,7 @@ def _extend_llama(state: NAGState):
         starts = torch.tensor([0, *spans[:-1]]).cumsum(0).tolist()
         ranges = [torch.arange(s, s + n, device=llama.device) for s, n in zip(starts, spans, strict=True)]
         order = torch.cat(ranges[0::2] + ranges[1::2])
-        plan.extras["hidream_order"] = (order, torch.argsort(order))
+        plan.family = _Order(order, torch.argsort(order))
         plan.text_length, plan.negative_length = t5 + 2 * words, t5_negative + 2 * words_negative
 
     return extend
@@ -128,9 +150,9 @@ def _regroup_text(state: NAGState, argument: str):
 
     def pre_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         plan = state.forward
-        if plan is None or "hidream_order" not in plan.extras:
+        if plan is None or plan.family is None:
             return None
-        order = plan.extras["hidream_order"][0]
+        order = plan.family.regrouped
         bound = bind_forward(module, args, kwargs)
         tokens = bound.arguments[argument]
         start = tokens.shape[1] - order.shape[0]
@@ -143,10 +165,10 @@ def _regroup_text(state: NAGState, argument: str):
 def _restore_double(state: NAGState):
     def post_forward(module: torch.nn.Module, args: tuple, output: Any) -> Any:
         plan = state.forward
-        if plan is None or "hidream_order" not in plan.extras:
+        if plan is None or plan.family is None:
             return None
         hidden, text = output
-        return hidden, text[:, plan.extras["hidream_order"][1]]
+        return hidden, text[:, plan.family.inverse]
 
     return post_forward
 
@@ -154,9 +176,9 @@ def _restore_double(state: NAGState):
 def _restore_single(state: NAGState):
     def post_forward(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         plan = state.forward
-        if plan is None or "hidream_order" not in plan.extras:
+        if plan is None or plan.family is None:
             return None
-        inverse = plan.extras["hidream_order"][1]
+        inverse = plan.family.inverse
         start = output.shape[1] - inverse.shape[0]
         return torch.cat([output[:, :start], output[:, start:][:, inverse]], dim=1)
 

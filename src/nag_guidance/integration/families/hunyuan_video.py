@@ -14,6 +14,7 @@ import torch
 
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.joint_attention import JointLayout
+from nag_guidance.integration.negative_text import NegativeAlone
 from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
 
@@ -27,39 +28,26 @@ def extend_inputs(arguments: dict[str, Any], plan: ForwardPlan, negative: Negati
         if negative.mask is None
         else negative.mask.to(mask.device, mask.dtype)
     ).repeat(repeat, 1)
-    plan.extras["text_key_masks"] = (mask, negative_mask)
+    plan.text_key_masks = (mask, negative_mask)
 
 
 def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
     undo = joint_attention.install(pipe, family, state)
-    refiner = pipe.transformer.context_embedder
-    busy = []
+    return [*undo, *NegativeAlone(pipe.transformer.context_embedder, state, _strip, _refine_negative).undo]
 
-    def strip_negative(module: torch.nn.Module, args: tuple, kwargs: dict):
-        plan = state.forward
-        if plan is None or busy:
-            return None
-        hidden, timestep, *rest = args
-        plan.extras["negative_text"] = (hidden[:, plan.text_length :], timestep)
-        return (hidden[:, : plan.text_length], timestep, *rest), kwargs
 
-    def refine_negative(module: torch.nn.Module, args: tuple, kwargs: dict, output: torch.Tensor):
-        plan = state.forward
-        if plan is None or busy:
-            return None
-        negative, timestep = plan.extras.pop("negative_text")
-        busy.append(True)
-        try:
-            refined = module(negative, timestep, plan.extras["text_key_masks"][1])
-        finally:
-            busy.clear()
-        return torch.cat([output, refined], dim=1)
+def _strip(plan: ForwardPlan, arguments: dict[str, Any]) -> torch.Tensor:
+    """Refine only the prompt's text; keep the negative's aside."""
+    hidden = arguments["hidden_states"]
+    arguments["hidden_states"] = hidden[:, : plan.text_length]
+    return hidden[:, plan.text_length :]
 
-    handles = [
-        refiner.register_forward_pre_hook(strip_negative, with_kwargs=True),
-        refiner.register_forward_hook(refine_negative, with_kwargs=True),
-    ]
-    return [*undo, *(h.remove for h in handles)]
+
+def _refine_negative(
+    module: torch.nn.Module, plan: ForwardPlan, arguments: dict[str, Any], negative: torch.Tensor, output: torch.Tensor
+) -> torch.Tensor:
+    """Append the negative's tokens, refined alone with its own mask."""
+    return torch.cat([output, module(negative, arguments["timestep"], plan.text_key_masks[1])], dim=1)
 
 
 HUNYUAN_VIDEO = Family(

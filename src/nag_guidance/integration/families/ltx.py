@@ -10,6 +10,7 @@ video tokens and are left alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +30,14 @@ LTX = Family(
 )
 
 
+@dataclass
+class _Connected:
+    """Per call (``call.family``): the negative's rows appended to the connectors' batch, once per call."""
+
+    rows: int
+    split: bool = False  # taken back out of the connectors' output
+
+
 def _install_ltx2(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
     connectors = getattr(pipe, "connectors", None)
     if connectors is None:
@@ -46,7 +55,7 @@ def _connect_negative(state: NAGState):
 
     def pre_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call = state.call
-        if call is None or call.negative is None or "connected" in call.scratch:
+        if call is None or call.negative is None or call.family is not None:
             return None
         bound = bind_forward(module, args, kwargs)
         embeds = bound.arguments["text_encoder_hidden_states"]
@@ -61,7 +70,7 @@ def _connect_negative(state: NAGState):
         count = negative.embeds.shape[0]
         bound.arguments["text_encoder_hidden_states"] = torch.cat([embeds, negative.embeds.to(embeds)])
         bound.arguments["attention_mask"] = torch.cat([mask, negative_mask.to(mask).expand(count, -1)])
-        call.scratch["connected"] = count
+        call.family = _Connected(count)
         return unbind(bound)
 
     return pre_forward
@@ -72,11 +81,12 @@ def _split_negative(state: NAGState):
 
     def post_forward(module: torch.nn.Module, args: tuple, output: Any) -> Any:
         call = state.call
-        if call is None or call.scratch.get("connected") in (None, "done"):
+        connected: _Connected | None = call.family if call is not None else None
+        if connected is None or connected.split:
             return None
-        count = call.scratch["connected"]
-        call.scratch["connected"] = "done"
+        connected.split = True
         video, audio, mask = output
+        count = connected.rows
         call.negative = NegativeText(video[-count:], mask[-count:])
         return video[:-count], audio[:-count], mask[:-count]
 

@@ -15,6 +15,7 @@ a second call without a cache context, recognised by its text (the pipeline's ow
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +25,38 @@ from nag_guidance.integration.hooks import bind_forward, unbind
 from nag_guidance.integration.joint_attention import JointLayout
 from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import NAGState, NegativeText
+
+
+@dataclass
+class _Call:
+    """Per call (``call.family``): the refined negative captions, by (first row, end row, device, dtype)."""
+
+    captions: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class _Layout:
+    """The main layers' layout [prompt caption | negative caption | image], built before the first layer."""
+
+    order: torch.Tensor  # where each token, the negative's left out, comes from in the stock layout
+    mask: torch.Tensor
+    rotary: torch.Tensor
+
+
+@dataclass
+class _Forward:
+    """Per guided forward (``plan.family``)."""
+
+    captions: torch.Tensor  # the prompt's real caption lengths, as the model takes them
+    images: int  # the number of image tokens
+    negative: NegativeText
+    layout: _Layout | None = None
+
+
+def _layout(state: NAGState) -> _Layout | None:
+    """The current forward's new layout, once the first layer's hook has built it."""
+    plan = state.forward
+    return None if plan is None or plan.family is None else plan.family.layout
 
 
 def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
@@ -50,11 +83,11 @@ def _plan_forward(pipe: Any, family: Family, state: NAGState):
             return
         height, width = arguments["hidden_states"].shape[-2:]
         patch = module.config.patch_size
-        plan.extras["lumina2"] = {
-            "captions": arguments["encoder_attention_mask"].sum(dim=1),  # the real lengths, as the model takes them
-            "images": (height // patch) * (width // patch),
-            "negative": state.negative_rows(plan.rows.stop - plan.rows.start, device=text.device, dtype=text.dtype),
-        }
+        plan.family = _Forward(
+            captions=arguments["encoder_attention_mask"].sum(dim=1),
+            images=(height // patch) * (width // patch),
+            negative=state.negative_rows(plan.rows.stop - plan.rows.start, device=text.device, dtype=text.dtype),
+        )
 
     return pre_forward
 
@@ -64,21 +97,23 @@ def _enter(model: torch.nn.Module, state: NAGState):
 
     def pre_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         plan = state.forward
-        if plan is None or "lumina2" not in plan.extras:
+        if plan is None or plan.family is None:
             return None
-        info = plan.extras["lumina2"]
+        info: _Forward = plan.family
         bound = bind_forward(module, args, kwargs)
         arguments = bound.arguments
         hidden, rotary = arguments["hidden_states"], arguments["image_rotary_emb"]
         batch, total, channels = hidden.shape
-        device, images = hidden.device, info["images"]
-        captions = info["captions"].to(device)
+        device, images = hidden.device, info.images
+        captions = info.captions.to(device)
         longest = total - images
         call = state.call
-        key = ("lumina2", plan.rows.start, plan.rows.stop, device, hidden.dtype)
-        if key not in call.scratch:
-            call.scratch[key] = _refined_negative(model, info["negative"], hidden)
-        features, negative_mask, negative_lengths = call.scratch[key]
+        if call.family is None:
+            call.family = _Call()
+        key = (plan.rows.start, plan.rows.stop, device, hidden.dtype)
+        if key not in call.family.captions:
+            call.family.captions[key] = _refined_negative(model, info.negative, hidden)
+        features, negative_mask, negative_lengths = call.family.captions[key]
         length, rows = features.shape[1], plan.rows
 
         # where each token of the new layout comes from in the stock one: caption, its padding, then the image
@@ -103,8 +138,8 @@ def _enter(model: torch.nn.Module, state: NAGState):
         mask = torch.cat([prompt_mask, full_negative_mask, image_mask], dim=1)
         rotary = relaid(rotary, negative_rotary)
         plan.text_length, plan.negative_length = longest, length
-        plan.extras["text_key_masks"] = (prompt_mask, full_negative_mask)
-        plan.extras["lumina2_layout"] = (order, mask, rotary)
+        plan.text_key_masks = (prompt_mask, full_negative_mask)
+        info.layout = _Layout(order, mask, rotary)
         arguments["hidden_states"] = relaid(hidden, negative)
         arguments["attention_mask"] = mask
         arguments["image_rotary_emb"] = rotary
@@ -117,13 +152,12 @@ def _follow(state: NAGState):
     """Before the other main layers: the mask and rotary table of the new layout."""
 
     def pre_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        plan = state.forward
-        if plan is None or "lumina2_layout" not in plan.extras:
+        layout = _layout(state)
+        if layout is None:
             return None
-        _, mask, rotary = plan.extras["lumina2_layout"]
         bound = bind_forward(module, args, kwargs)
-        bound.arguments["attention_mask"] = mask
-        bound.arguments["image_rotary_emb"] = rotary
+        bound.arguments["attention_mask"] = layout.mask
+        bound.arguments["image_rotary_emb"] = layout.rotary
         return unbind(bound)
 
     return pre_forward
@@ -133,13 +167,12 @@ def _leave(state: NAGState):
     """After the last main layer: drop the negative caption and put the stock layout back."""
 
     def post_forward(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        plan = state.forward
-        if plan is None or "lumina2_layout" not in plan.extras:
+        layout = _layout(state)
+        if layout is None:
             return None
-        order = plan.extras["lumina2_layout"][0]
-        prompt, negative = plan.text_length, plan.negative_length
+        prompt, negative = state.forward.text_length, state.forward.negative_length
         kept = torch.cat([output[:, :prompt], output[:, prompt + negative :]], dim=1)
-        return torch.empty_like(kept).scatter_(1, order[..., None].expand_as(kept), kept)
+        return torch.empty_like(kept).scatter_(1, layout.order[..., None].expand_as(kept), kept)
 
     return post_forward
 

@@ -12,6 +12,7 @@ left unguided.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,7 +21,23 @@ from nag_guidance.integration import joint_attention
 from nag_guidance.integration.hooks import bind_forward
 from nag_guidance.integration.joint_attention import JointLayout
 from nag_guidance.integration.registry import Family, Undo
-from nag_guidance.integration.state import NAGState
+from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
+
+
+@dataclass
+class _Caption:
+    """The negative caption of every guided row through the model's caption path (a forward's ``plan.family``)."""
+
+    features: torch.Tensor
+    freqs: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class _Call:
+    """Per call (``call.family``): the refined negative captions, by (first row, end row, batch)."""
+
+    captions: dict[tuple[int, int, int], _Caption] = field(default_factory=dict)
 
 
 def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
@@ -31,7 +48,7 @@ def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
     def build_unified_sequence(*args: Any, **kwargs: Any):
         unified, freqs, mask, noise = original(*args, **kwargs)
         plan = state.forward
-        if plan is None or "negative_caption" not in plan.extras:
+        if plan is None or plan.family is None:
             return unified, freqs, mask, noise
         return (*_append_caption(plan, unified, freqs, mask, kwargs.get("x_seqlens") or args[2]), noise)
 
@@ -58,17 +75,21 @@ def _plan_forward(pipe: Any, family: Family, state: NAGState):
         plan = state.plan_forward(len(images), captions, arguments["t"])
         if plan is None:
             return
+        if call.family is None:
+            call.family = _Call()
         key = (plan.rows.start, plan.rows.stop, plan.batch)
-        if key not in call.scratch:
-            call.scratch[key] = _refined_negative(module, call.negative, plan, captions[0])
-        plan.extras["negative_caption"] = call.scratch[key]
+        if key not in call.family.captions:
+            call.family.captions[key] = _refined_negative(module, call.negative, plan, captions[0])
+        plan.family = call.family.captions[key]
 
     return pre_forward
 
 
-def _refined_negative(model: torch.nn.Module, negative: Any, plan: Any, like: torch.Tensor):
-    """The negative caption of every guided row through the model's caption path: (features, rotary, mask)."""
-    embeds = list(negative.embeds) if isinstance(negative.embeds, torch.Tensor) else list(negative.embeds)
+def _refined_negative(
+    model: torch.nn.Module, negative: NegativeText, plan: ForwardPlan, like: torch.Tensor
+) -> _Caption:
+    """The negative caption of every guided row through the model's caption path."""
+    embeds = list(negative.embeds)
     count = plan.rows.stop - plan.rows.start
     if count % len(embeds):
         raise ValueError(f"the NAG negative has {len(embeds)} rows, which does not divide the {count} prompt rows")
@@ -90,25 +111,25 @@ def _refined_negative(model: torch.nn.Module, negative: Any, plan: Any, like: to
         features = layer(features, mask, freqs)
     if mask is None:
         mask = torch.ones(features.shape[:2], dtype=torch.bool, device=device)
-    return features, freqs, mask
+    return _Caption(features, freqs, mask)
 
 
-def _append_caption(plan: Any, unified, freqs, mask, image_lengths: list[int]):
+def _append_caption(plan: ForwardPlan, unified, freqs, mask, image_lengths: list[int]):
     """Put the negative caption after the unified [image; caption] sequence of every row (zeros, masked, on the
     rows that are not guided), and tell the guided attention where each segment is."""
-    features, negative_freqs, negative_mask = plan.extras["negative_caption"]
+    caption: _Caption = plan.family
     batch, total = unified.shape[:2]
-    rows, length = plan.rows, features.shape[1]
+    rows, length = plan.rows, caption.features.shape[1]
     extra = unified.new_zeros(batch, length, unified.shape[2])
-    extra[rows] = features.to(unified.dtype)
+    extra[rows] = caption.features.to(unified.dtype)
     extra_freqs = freqs.new_zeros(batch, length, *freqs.shape[2:])
-    extra_freqs[rows] = negative_freqs.to(freqs.dtype)
+    extra_freqs[rows] = caption.freqs.to(freqs.dtype)
     extra_mask = torch.zeros(batch, length, dtype=torch.bool, device=unified.device)
-    extra_mask[rows] = negative_mask.bool()
+    extra_mask[rows] = caption.mask.bool()
     full_mask = torch.ones(batch, total, dtype=torch.bool, device=unified.device) if mask is None else mask.bool()
     images = image_lengths[0]
     plan.text_length, plan.negative_length = total - images, length
-    plan.extras["text_key_masks"] = (full_mask[:, images:], extra_mask)
+    plan.text_key_masks = (full_mask[:, images:], extra_mask)
     return (
         torch.cat([unified, extra], dim=1),
         torch.cat([freqs, extra_freqs], dim=1),
