@@ -1,7 +1,7 @@
-"""The guider door (``NormalizedAttentionGuidance``) in diffusers' modular pipelines (SDXL, FLUX.2-Klein base, Wan),
-built on the tiny stock pipelines' very components: NAG through the guider equals NAG through the pipeline door on
+"""The guider door (``NormalizedAttentionGuidance``) in diffusers' modular pipelines (SDXL, FLUX.2-Klein base, Wan,
+LTX), built on the tiny stock pipelines' very components: NAG through the guider equals NAG through the pipeline door on
 the same weights, seed and steps (with and without CFG), differs from the unguided run, keeps to its window, and
-saves its config. Flux.1 and LTX: why the guider cannot act there (yet)."""
+saves its config. Flux.1: why the guider cannot act there."""
 
 from __future__ import annotations
 
@@ -180,10 +180,13 @@ def test_wan_guider_equals_the_pipeline_door():
     guider.remove()
 
 
-def test_ltx_modular_loop_is_not_guided_yet_and_the_report_says_why():
-    """Modular LTX runs each pass inside ``transformer.cache_context("pred_cond")``, a context name the NAG hooks
-    do not guide (state.GUIDED_CONTEXTS). If this fails, they do now: test LTX like SDXL above instead."""
+def test_ltx_guider_equals_the_pipeline_door():
+    """Modular LTX runs each pass inside ``transformer.cache_context("pred_cond")`` / ``("pred_uncond")``: the
+    conditional one is guided like the stock pipeline's."""
     stock = video.make_ltx()
+    call = video.ltx_call_kwargs(num_inference_steps=2, guidance_scale=3.0)
+    door, door_report = _door(stock, call, nag_negative_prompt=NEGATIVE, **NAG)
+    unguided, _ = _door(stock, call)
     blocks = LTXAutoBlocks()
     blocks.sub_blocks.pop("decode")  # the tiny video VAE takes seconds; the latents are enough
     pipe = _modular(blocks, stock)
@@ -192,12 +195,13 @@ def test_ltx_modular_loop_is_not_guided_yet_and_the_report_says_why():
     pipe.update_components(guider=guider)
     generator = torch.Generator().manual_seed(0)
     kwargs = {"height": 32, "width": 32, "num_frames": 9, "num_inference_steps": 2, "max_sequence_length": 16}
-    pipe(prompt=PROMPT, generator=generator, output="latents", **kwargs)
-    assert not guider.report.active
-    assert guider.report.warnings == (
-        "2 conditional passes ran unguided: the denoise loop names its passes in cache_context (as LTX's does), "
-        "which NAG does not guide yet",
-    )
+    guided = pipe(prompt=PROMPT, generator=generator, output="latents", **kwargs)
+    packed = stock._pack_latents(guided, stock.transformer_spatial_patch_size, stock.transformer_temporal_patch_size)
+    guided = packed  # the stock pipeline returns packed latents (tokens × channels)
+    assert guider.report.active and guider.report.steps_guided == 2
+    assert relative_diff(guided, door) < 1e-5
+    assert relative_diff(guided, unguided) > 1e-3
+    assert guider.report.mean_ratio == pytest.approx(door_report.mean_ratio, rel=1e-5)
     guider.remove()
 
 

@@ -59,8 +59,8 @@ DENOISER_FAMILIES = {
 }
 """The family ``family=None`` picks for a denoiser class: those of diffusers' modular pipelines whose denoise loop
 consults the guider and that the tests cover (SDXL, FLUX.2-Klein base, Wan 2.1). Any other attachable family is
-named with ``family=``. diffusers' Flux.1 modular pipeline never calls its guider; loops that run each pass inside
-``cache_context(identifier)`` (LTX, HunyuanVideo-1.5) are not guided yet (``guider.report`` says so)."""
+named with ``family=`` (LTX is tested so). diffusers' Flux.1 modular pipeline never calls its guider; loops that
+run each pass inside ``cache_context(identifier)`` are guided when the identifier is "pred_cond", as in LTX."""
 
 
 class NormalizedAttentionGuidance(BaseGuidance):
@@ -122,8 +122,14 @@ class NormalizedAttentionGuidance(BaseGuidance):
         encoder = pipe.blocks.sub_blocks["text_encoder"].init_pipeline()
         components = {name: getattr(pipe, name) for name in encoder.component_names if name != "guider"}
         encoder.update_components(guider=self, **components)
-        embeds = encoder(prompt=negative_prompt, output="prompt_embeds", **text_inputs)
-        self.set_negative(embeds)
+        produced = {output.name for output in encoder.blocks.intermediate_outputs}
+        if "prompt_attention_mask" in produced:  # padded text (LTX, ...): the mask says which tokens count
+            embeds, mask = encoder(
+                prompt=negative_prompt, output=["prompt_embeds", "prompt_attention_mask"], **text_inputs
+            ).values()
+        else:
+            embeds, mask = encoder(prompt=negative_prompt, output="prompt_embeds", **text_inputs), None
+        self.set_negative(embeds, mask)
         return embeds
 
     # -- the guider protocol -------------------------------------------------------------------
@@ -203,7 +209,7 @@ class NormalizedAttentionGuidance(BaseGuidance):
             device = next(iter(per_denoiser.values())).device
             merged.stats = torch.cat([stats.to(device) for stats in per_denoiser.values()])
         elif self._calls and not merged.notes:  # armed passes the hooks declined without saying why
-            reason = "the denoise loop names its passes in cache_context (as LTX's does), which NAG does not guide yet"
+            reason = "the denoise loop names its passes in cache_context with names NAG does not guide"
             return inactive_report(family, self.nag, f"{len(self._calls)} conditional passes ran unguided: {reason}")
         return report_from_call(family, merged)
 

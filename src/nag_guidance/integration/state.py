@@ -20,9 +20,10 @@ import torch
 from nag_guidance.config import NAGConfig
 from nag_guidance.functional import normalized_attention_guidance_
 
-GUIDED_CONTEXTS = (None, "cond", "cond_uncond")
-"""diffusers ``cache_context`` names of denoiser calls that carry the prompt. Any other name ("uncond", and
-extra passes such as LTX-2's "uncond_stg" / "uncond_modality") is never guided."""
+GUIDED_CONTEXTS = (None, "cond", "cond_uncond", "pred_cond")
+"""diffusers ``cache_context`` names of denoiser calls that carry the prompt ("pred_cond": the conditional pass of
+modular pipelines' guider loops). Any other name ("uncond", and extra passes such as LTX-2's "uncond_stg" /
+"uncond_modality") is never guided."""
 
 
 @dataclass

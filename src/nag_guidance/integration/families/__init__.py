@@ -22,25 +22,25 @@ from nag_guidance.integration.families import (
 )
 from nag_guidance.integration.registry import Family
 
-FAMILIES: tuple[Family, ...] = (
+FAMILIES: tuple[Family, ...] = (  # the README's order: cross-attention, then joint, then the optional three
+    stable_diffusion.SD,
+    stable_diffusion.SDXL,
+    pixart.PIXART,
+    pixart.SANA,
+    wan.WAN,
+    ltx.LTX,
+    ltx.LTX2,
+    sd3.SD3,
     flux.FLUX,
     flux.FLUX_KONTEXT,
     chroma.CHROMA,
-    cogvideox.COGVIDEOX,
-    flux2.FLUX2,
-    hidream.HIDREAM,
-    hunyuan_video.HUNYUAN_VIDEO,
-    ltx.LTX,
-    ltx.LTX2,
-    lumina2.LUMINA2,
-    pixart.PIXART,
-    pixart.SANA,
     qwen_image.QWEN_IMAGE,
-    sd3.SD3,
-    stable_diffusion.SD,
-    stable_diffusion.SDXL,
-    wan.WAN,
+    hunyuan_video.HUNYUAN_VIDEO,
+    flux2.FLUX2,
     z_image.Z_IMAGE,
+    cogvideox.COGVIDEOX,
+    lumina2.LUMINA2,
+    hidream.HIDREAM,
 )
 
 __all__ = ["FAMILIES"]
