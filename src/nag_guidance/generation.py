@@ -14,7 +14,7 @@ import numbers
 import operator
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,6 @@ class Result:
     images: list[Image.Image]
     metadata: list[dict[str, Any]]
     report: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load(model: str | None = None, device: str = "cpu", dtype: str = "float32", preset: str | None = None) -> Model:
