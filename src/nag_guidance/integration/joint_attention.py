@@ -199,26 +199,32 @@ class _Interception:
             return self.original(*args, **kwargs)
         return handler(self.original, *args, **kwargs)
 
-    def active(self, handler: Callable):
-        interception = self
+    def active(self, handler: Callable) -> _Active:
+        return _Active(self, handler)
 
-        class _Active:
-            def __enter__(self) -> None:
-                self.token = interception.handler.set(handler)
-                with interception.lock:
-                    if interception.users == 0:
-                        interception.original = getattr(interception.owner, interception.name)
-                        setattr(interception.owner, interception.name, interception.shim)
-                    interception.users += 1
 
-            def __exit__(self, *exc: Any) -> None:
-                with interception.lock:
-                    interception.users -= 1
-                    if interception.users == 0:
-                        setattr(interception.owner, interception.name, interception.original)
-                interception.handler.reset(self.token)
+class _Active:
+    """The context in which ``interception`` hands this thread's calls to ``handler``."""
 
-        return _Active()
+    def __init__(self, interception: _Interception, handler: Callable) -> None:
+        self.interception, self.handler = interception, handler
+
+    def __enter__(self) -> None:
+        interception = self.interception
+        self.token = interception.handler.set(self.handler)
+        with interception.lock:
+            if interception.users == 0:
+                interception.original = getattr(interception.owner, interception.name)
+                setattr(interception.owner, interception.name, interception.shim)
+            interception.users += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        interception = self.interception
+        with interception.lock:
+            interception.users -= 1
+            if interception.users == 0:
+                setattr(interception.owner, interception.name, interception.original)
+        interception.handler.reset(self.token)
 
 
 _INTERCEPTIONS: dict[tuple[int, str], _Interception] = {}
