@@ -65,6 +65,10 @@ def test_user_errors_are_one_clear_line(tmp_path):
             ["generate", "a circle", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path)],
             "could not load model",
         ),
+        (
+            ["generate", "a circle", "--model", "tiny-fluxx", "--out", str(tmp_path)],
+            "the shipped models are embedded, tiny, tiny-flux",
+        ),
         (["generate", "--out", str(tmp_path)], "give a prompt"),
         (["generate", "a circle", "--dtype", "float8", "--out", str(tmp_path)], "dtype='float8' is unknown"),
         (["ui", "--dtype", "float8", "--out", str(tmp_path / "ui")], "dtype='float8' is unknown"),

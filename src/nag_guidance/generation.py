@@ -14,7 +14,7 @@ import numbers
 import operator
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from nag_guidance import __version__
 from nag_guidance.config import NAGConfig, Preset, get_preset
 
 EMBEDDED = "embedded"
+EMBEDDED_MODELS = {EMBEDDED: "tiny", "tiny": "tiny", "tiny-flux": "tiny-flux"}
+"""``--model`` names of the shipped models -> their ``tiny.load_pipeline(model=...)`` name."""
 """The model name of the few-step model shipped in the package."""
 
 METHODS = ("stock", "cfg", "nag")
@@ -58,6 +60,7 @@ class Model:
     name: str
     preset_name: str
     family: str
+    call_defaults: dict[str, Any] = field(default_factory=dict)  # arguments every call of this model needs
 
     @property
     def preset(self) -> Preset:
@@ -203,8 +206,9 @@ class Result:
 
 
 def load(model: str | None = None, device: str = "cpu", dtype: str = "float32", preset: str | None = None) -> Model:
-    """Load ``model`` (None or "embedded": the shipped model; else a diffusers model id or local folder) and
-    apply NAG. Raises ``ModelLoadError`` with a readable reason instead of a traceback wall."""
+    """Load ``model`` (None, "embedded" or "tiny": the shipped UNet model; "tiny-flux": the shipped Flux-type one;
+    else a diffusers model id or local folder) and apply NAG. Raises ``ModelLoadError`` with a readable reason
+    instead of a traceback wall."""
     import nag_guidance as nag
 
     if dtype not in DTYPES:
@@ -212,11 +216,11 @@ def load(model: str | None = None, device: str = "cpu", dtype: str = "float32", 
     check_device(device)
     torch_dtype = DTYPES[dtype]
     name = model or EMBEDDED
-    if name == EMBEDDED:
+    if name in EMBEDDED_MODELS:
         from nag_guidance import tiny
 
         try:
-            pipe = tiny.load_pipeline(device=device, dtype=torch_dtype)
+            pipe = tiny.load_pipeline(device=device, dtype=torch_dtype, model=EMBEDDED_MODELS[name])
         except tiny.WeightsError as error:
             raise ModelLoadError(str(error)) from None
     else:
@@ -228,7 +232,12 @@ def load(model: str | None = None, device: str = "cpu", dtype: str = "float32", 
     preset_name = preset or nag.integration.default_preset(pipe)  # the embedded model's is "tiny"
     get_preset(preset_name)  # validates a user-given name before any work
     nag.apply(pipe, preset=preset_name)
-    return Model(pipe=pipe, name=name, preset_name=preset_name, family=family.name)
+    call_defaults = {}
+    if EMBEDDED_MODELS.get(name) == "tiny-flux":
+        from nag_guidance.tiny.loading import FLUX_MAX_SEQUENCE_LENGTH
+
+        call_defaults["max_sequence_length"] = FLUX_MAX_SEQUENCE_LENGTH  # its T5 was trained on that length
+    return Model(pipe=pipe, name=name, preset_name=preset_name, family=family.name, call_defaults=call_defaults)
 
 
 def _from_pretrained(name: str, dtype: torch.dtype, device: str) -> Any:
@@ -248,7 +257,11 @@ def _from_pretrained(name: str, dtype: torch.dtype, device: str) -> Any:
             else "not a local folder, and the Hugging Face Hub could not provide it "
             "(check the id, your network, or HF_HUB_OFFLINE and the local cache)"
         )
-        raise ModelLoadError(f"could not load model {name!r}: {hint}. ({type(error).__name__}: {error})") from None
+        shipped = ", ".join(EMBEDDED_MODELS)
+        raise ModelLoadError(
+            f"could not load model {name!r}: {hint}; the shipped models are {shipped}. "
+            f"({type(error).__name__}: {error})"
+        ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -267,6 +280,7 @@ def run(model: Model, request: Request, method: str, progress: Callable[[int, in
         "num_inference_steps": steps,
         "generator": [torch.Generator().manual_seed(request.seed + i) for i in range(request.num_images)],
         "num_images_per_prompt": request.num_images,
+        **model.call_defaults,
     }
     if request.height:
         kwargs["height"] = request.height
