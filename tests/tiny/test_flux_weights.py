@@ -1,4 +1,5 @@
-"""The shipped tiny-flux weights: checksummed, small, loadable by the stock FluxPipeline, following held-out captions."""
+"""The shipped tiny-flux weights: checksummed, small, loadable by the stock FluxPipeline, following held-out
+captions."""
 
 import shutil
 
