@@ -123,6 +123,17 @@ Rerun = Callable[[torch.nn.Module, ForwardPlan, dict[str, Any], Any, Any], Any]
 the prompt alone) -> that output with the module's output on the negative alone spliced in."""
 
 
+def text_tail(argument: str) -> Strip:
+    """The usual ``strip``: cut the negative's tokens (which follow the prompt's) off the text ``argument``."""
+
+    def strip(plan: ForwardPlan, arguments: dict[str, Any]) -> torch.Tensor:
+        text = arguments[argument]
+        arguments[argument] = text[:, : plan.text_length]
+        return text[:, plan.text_length :]
+
+    return strip
+
+
 class NegativeAlone:
     """Runs a submodule on the prompt's text only, and on the negative's alone, and splices the two outputs.
 

@@ -19,21 +19,14 @@ import torch.nn.functional as F
 
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.negative_text import NegativeAlone
+from nag_guidance.integration.negative_text import NegativeAlone, text_tail
 from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState
 
 
 def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
     undo = joint_attention.install(pipe, family, state)
-    return [*undo, *NegativeAlone(pipe.transformer.patch_embed, state, _strip, _embed_negative).undo]
-
-
-def _strip(plan: ForwardPlan, arguments: dict[str, Any]) -> torch.Tensor:
-    """Embed only the prompt's text with the video; keep the negative's aside."""
-    text = arguments["text_embeds"]
-    arguments["text_embeds"] = text[:, : plan.text_length]
-    return text[:, plan.text_length :]
+    return [*undo, *NegativeAlone(pipe.transformer.patch_embed, state, text_tail("text_embeds"), _embed_negative).undo]
 
 
 def _embed_negative(

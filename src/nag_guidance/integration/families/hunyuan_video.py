@@ -14,7 +14,7 @@ import torch
 
 from nag_guidance.integration import joint_attention
 from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.negative_text import NegativeAlone
+from nag_guidance.integration.negative_text import NegativeAlone, text_tail
 from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
 
@@ -33,14 +33,8 @@ def extend_inputs(arguments: dict[str, Any], plan: ForwardPlan, negative: Negati
 
 def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
     undo = joint_attention.install(pipe, family, state)
-    return [*undo, *NegativeAlone(pipe.transformer.context_embedder, state, _strip, _refine_negative).undo]
-
-
-def _strip(plan: ForwardPlan, arguments: dict[str, Any]) -> torch.Tensor:
-    """Refine only the prompt's text; keep the negative's aside."""
-    hidden = arguments["hidden_states"]
-    arguments["hidden_states"] = hidden[:, : plan.text_length]
-    return hidden[:, plan.text_length :]
+    refiner = NegativeAlone(pipe.transformer.context_embedder, state, text_tail("hidden_states"), _refine_negative)
+    return [*undo, *refiner.undo]
 
 
 def _refine_negative(
