@@ -68,7 +68,7 @@ def apply(pipe: Any, preset: str | None = None, **defaults: float) -> Any:
     family = detect(pipe)
     config = get_preset(preset or default_preset(pipe)).config
     config = config.with_overrides(**_known_fields(defaults))
-    session: Session | None = getattr(pipe, "_nag_session", None)
+    session = _session(pipe)
     if session is not None:
         session.defaults = config
         return pipe
@@ -82,7 +82,7 @@ def apply(pipe: Any, preset: str | None = None, **defaults: float) -> Any:
 
 def defaults(pipe: Any) -> NAGConfig:
     """The parameters an applied pipeline's calls use where they give no ``nag_*`` value."""
-    session: Session | None = pipe.__dict__.get("_nag_session") if hasattr(pipe, "__dict__") else None
+    session = _session(pipe)
     if session is None:
         raise ValueError(f"NAG is not applied to this {type(pipe).__name__}: call nag.apply(pipe) first")
     return session.defaults
@@ -95,7 +95,7 @@ def default_preset(pipe: Any) -> str:
 
 def stock_class(pipe: Any) -> type:
     """The pipeline's own class (an applied pipeline's class is a same-named subclass of it)."""
-    session: Session | None = getattr(pipe, "__dict__", {}).get("_nag_session")
+    session = _session(pipe)
     return session.base_class if session is not None else type(pipe)
 
 
@@ -109,7 +109,7 @@ def _steps_of(pipe: Any) -> int | None:
 def remove(pipe: Any) -> Any:
     """Undo ``apply``: the pipeline's class, processors and hooks are the original objects again. No-op if not
     applied."""
-    session: Session | None = pipe.__dict__.get("_nag_session")
+    session = _session(pipe)
     if session is None:
         return pipe
     pipe.__class__ = session.base_class
@@ -123,7 +123,7 @@ def remove(pipe: Any) -> Any:
 def applied(pipe: Any, preset: str | None = None, **defaults: float) -> Iterator[Any]:
     """``with nag.applied(pipe): ...`` — NAG inside the block, the stock pipeline after it. If NAG was already
     applied before the block it stays, with the defaults it had before the block."""
-    session: Session | None = pipe.__dict__.get("_nag_session")
+    session = _session(pipe)
     before = session.defaults if session is not None else None
     apply(pipe, preset, **defaults)
     try:
@@ -136,7 +136,12 @@ def applied(pipe: Any, preset: str | None = None, **defaults: float) -> Iterator
 
 
 def is_applied(pipe: Any) -> bool:
-    return "_nag_session" in getattr(pipe, "__dict__", {})
+    return _session(pipe) is not None
+
+
+def _session(pipe: Any) -> Session | None:
+    """What ``apply`` installed on this very instance (never a class attribute or another object's)."""
+    return getattr(pipe, "__dict__", {}).get("_nag_session")
 
 
 def _known_fields(values: dict[str, Any]) -> dict[str, Any]:
