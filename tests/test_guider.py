@@ -76,7 +76,7 @@ def test_sdxl_guider_equals_the_pipeline_door(guidance_scale):
 def test_sdxl_windows():
     stock = image.make_sdxl()
     call = image.image_call_kwargs(num_inference_steps=STEPS, guidance_scale=5.0)
-    door_late, _ = _door(stock, call, nag_negative_prompt=NEGATIVE, nag_start=0.5, **NAG)
+    door_late, door_late_report = _door(stock, call, nag_negative_prompt=NEGATIVE, nag_start=0.5, **NAG)
     door_full, _ = _door(stock, call, nag_negative_prompt=NEGATIVE, **NAG)
     unguided, _ = _door(stock, call)
     pipe = _modular(StableDiffusionXLAutoBlocks(), stock)
@@ -86,12 +86,12 @@ def test_sdxl_windows():
     late.encode_negative(pipe, NEGATIVE)
     guided = _sdxl(pipe, late)
     assert relative_diff(guided, door_late) < 1e-5 and relative_diff(guided, door_full) > 1e-4
-    assert late.report.steps_guided == 2
+    assert 0 < late.report.steps_guided == door_late_report.steps_guided < STEPS  # the same schedule rule
 
-    never = late.new(nag_start=0.9)  # steps at 0, 1/4, 2/4, 3/4 of the run: none in [0.9, 1)
+    never = late.new(nag_start=0.9, nag_window="steps")  # steps at 0, 1/4, 2/4, 3/4 of the run: none in [0.9, 1)
     never.set_negative(late.encode_negative(pipe, NEGATIVE))
     assert relative_diff(_sdxl(pipe, never), unguided) < 1e-5
-    assert not never.report.active and "no step fell in the window [0.9, 1) of 4 steps" in never.report.warnings
+    assert not never.report.active and "no step fell in the window [0.9, 1] of 4 steps" in never.report.warnings
 
     cfg_late = NormalizedAttentionGuidance(guidance_scale=5.0, start=0.5, **NAG)  # CFG's own window
     cfg_late.encode_negative(pipe, NEGATIVE)
@@ -220,6 +220,7 @@ def test_config_round_trip(tmp_path):
         nag_alpha=0.5,
         nag_start=0.25,
         nag_stop=0.75,
+        nag_window="steps",
         guidance_scale=5.0,
         guidance_rescale=0.7,
         family="sdxl",
@@ -229,8 +230,9 @@ def test_config_round_trip(tmp_path):
     guider.save_pretrained(tmp_path)
     assert (tmp_path / "guider_config.json").is_file()
     loaded = NormalizedAttentionGuidance.from_pretrained(tmp_path)
-    assert _public(loaded.config) == _public(guider.config) and len(_public(guider.config)) == 11
-    assert loaded.nag == guider.nag == nag.NAGConfig(scale=3.0, tau=2.0, alpha=0.5, start=0.25, end=0.75)
+    assert _public(loaded.config) == _public(guider.config) and len(_public(guider.config)) == 12
+    config = nag.NAGConfig(scale=3.0, tau=2.0, alpha=0.5, start=0.25, end=0.75, window="steps")
+    assert loaded.nag == guider.nag == config
     assert (loaded.guidance_scale, loaded.guidance_rescale, loaded.family) == (5.0, 0.7, "sdxl")
     assert (loaded._start, loaded._stop) == (0.1, 0.9)
     assert guider.new(nag_scale=4.0).nag.scale == 4.0

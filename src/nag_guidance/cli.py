@@ -136,6 +136,9 @@ def generate(
     alpha: Annotated[float | None, Opt(help="NAG α in [0, 1]: how much of the guided output is blended in.")] = None,
     start: Annotated[float | None, Opt(help="Fraction of the schedule where NAG starts, in [0, 1).")] = None,
     end: Annotated[float | None, Opt(help="Fraction of the schedule where NAG stops, in (start, 1].")] = None,
+    window: Annotated[
+        str | None, Opt(help="Units of --start/--end: schedule (the NAG authors', default) or steps.")
+    ] = None,
     preset: Annotated[str | None, Opt(help="Row of the presets table (see `nag presets`).")] = None,
     guidance: Annotated[
         float | None, Opt(help="The model's own guidance scale, finite, ≥ 0 (default: its preset).")
@@ -154,7 +157,7 @@ def generate(
 
     settings = dict(
         negative=negative, steps=steps, num_images=num_images, seed=seed, scale=scale, tau=tau, alpha=alpha,
-        start=start, end=end, guidance=guidance, cfg_scale=cfg_scale, height=height, width=width,
+        start=start, end=end, window=window, guidance=guidance, cfg_scale=cfg_scale, height=height, width=width,
     )  # fmt: skip
     if prompts is not None:
         if prompt is not None or grid:

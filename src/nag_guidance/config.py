@@ -26,6 +26,10 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
+WINDOWS = ("schedule", "steps")
+"""Units of ``NAGConfig.start`` / ``end``: fractions of the denoising schedule (default) or of the steps."""
+
+
 @dataclass(frozen=True)
 class NAGConfig:
     """Validated NAG parameters.
@@ -33,7 +37,10 @@ class NAGConfig:
     scale: guidance strength s ≥ 1 (1 = off; paper φ = s − 1).
     tau: cap τ > 0 on the per-token norm ratio ‖Z~‖₁/‖Z+‖₁ (``math.inf`` = no cap).
     alpha: blend α ∈ [0, 1] between the guided output (1) and the plain positive one (0).
-    start, end: the window of the denoising schedule, as fractions, where NAG acts (0 ≤ start < end ≤ 1).
+    start, end: the window where NAG acts, as fractions (0 ≤ start < end ≤ 1) of the denoising *schedule*
+    (``window="schedule"``, the NAG authors' rule: e.g. a flow-matching model is guided while its timestep
+    t ≥ (1 − end)·1000, i.e. σ ≥ 1 − end) or of the *steps* (``window="steps"``: step i of n is guided while
+    start ≤ i/n < end).
     """
 
     scale: float = 5.0
@@ -41,9 +48,12 @@ class NAGConfig:
     alpha: float = 0.25
     start: float = 0.0
     end: float = 1.0
+    window: str = "schedule"
 
     def __post_init__(self) -> None:
-        values = {f.name: _number(f.name, getattr(self, f.name)) for f in fields(self)}
+        if self.window not in WINDOWS:
+            raise ValueError(f"window={self.window!r} is invalid: expected one of {', '.join(map(repr, WINDOWS))}")
+        values = {f.name: _number(f.name, getattr(self, f.name)) for f in fields(self) if f.name != "window"}
         for name, value in values.items():
             object.__setattr__(self, name, value)
         scale, tau, alpha, start, end = (values[k] for k in ("scale", "tau", "alpha", "start", "end"))
@@ -63,11 +73,15 @@ class NAGConfig:
         """False when NAG cannot change anything (scale 1 or alpha 0)."""
         return self.scale > 1.0 and self.alpha > 0.0
 
-    def with_overrides(self, **overrides: float | None) -> NAGConfig:
+    @property
+    def full_window(self) -> bool:
+        return (self.start, self.end) == (0.0, 1.0)
+
+    def with_overrides(self, **overrides: float | str | None) -> NAGConfig:
         """A copy with the given non-None fields replaced (and validated)."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
 

@@ -85,6 +85,7 @@ class Request:
     alpha: float | None = None
     start: float | None = None
     end: float | None = None
+    window: str | None = None
 
     def __post_init__(self) -> None:
         check_text("prompt", self.prompt)
@@ -115,7 +116,13 @@ class Request:
             raise ValueError(f"guidance={self.guidance} is invalid: allowed is a finite number >= 0")
         if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 1):
             raise ValueError(f"cfg_scale={self.cfg_scale} is invalid: allowed is a finite number >= 1")
-        NAGConfig().with_overrides(scale=self.scale, tau=self.tau, alpha=self.alpha, start=self.start, end=self.end)
+        self.nag_overrides(NAGConfig())
+
+    def nag_overrides(self, config: NAGConfig) -> NAGConfig:
+        """``config`` with this request's NAG settings (validated)."""
+        return config.with_overrides(
+            scale=self.scale, tau=self.tau, alpha=self.alpha, start=self.start, end=self.end, window=self.window
+        )
 
 
 def check_text(name: str, text: Any) -> str:
@@ -292,9 +299,7 @@ def run(model: Model, request: Request, method: str, progress: Callable[[int, in
         kwargs["guidance_scale"] = guidance
     from nag_guidance.integration import defaults as nag_defaults
 
-    config = nag_defaults(model.pipe).with_overrides(
-        scale=request.scale, tau=request.tau, alpha=request.alpha, start=request.start, end=request.end
-    )
+    config = request.nag_overrides(nag_defaults(model.pipe))
     if method == "cfg":
         argument = _family(model).cfg_argument
         if argument is None:
@@ -309,6 +314,7 @@ def run(model: Model, request: Request, method: str, progress: Callable[[int, in
             nag_alpha=config.alpha,
             nag_start=config.start,
             nag_end=config.end,
+            nag_window=config.window,
         )
     if progress is not None and _accepts(pipe, "callback_on_step_end"):
         kwargs["callback_on_step_end"] = _step_callback(progress, steps)

@@ -25,8 +25,8 @@ are exactly what the pipeline feeds the denoiser), or ``set_negative(embeds)`` t
     print(guider.report)  # what NAG did in that run: layers, steps, mean r, share clipped by tau
 
 Its config (``save_pretrained`` / ``from_pretrained``) holds the parameters, not the negative, which is per run
-like a prompt. NAG acts on ``nag_start <= step / steps < nag_stop`` (the pipeline door's ``nag_start`` /
-``nag_end`` rule); ``start`` / ``stop`` gate CFG, as in diffusers' guiders.
+like a prompt. NAG acts on the pipeline door's window (``nag_start`` / ``nag_stop`` as fractions of the schedule,
+or of the steps with ``nag_window="steps"``); ``start`` / ``stop`` gate CFG, as in diffusers' guiders.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from nag_guidance.config import NAGConfig
 from nag_guidance.integration.denoiser import NAGHandle, attach
 from nag_guidance.integration.registry import registered_families
 from nag_guidance.integration.report import NAGReport, inactive_report, report_from_call
-from nag_guidance.integration.state import CallInfo, NegativeText
+from nag_guidance.integration.state import CallInfo, NegativeText, Schedule
 
 if TYPE_CHECKING:
     from diffusers.modular_pipelines import BlockState, ModularPipeline
@@ -66,10 +66,11 @@ run each pass inside ``cache_context(identifier)`` are guided when the identifie
 class NormalizedAttentionGuidance(BaseGuidance):
     """NAG (optionally with CFG) as a guider component of a diffusers modular pipeline (see the module docstring).
 
-    nag_scale, nag_tau, nag_alpha: as ``NAGConfig`` (scale 1 = NAG off). nag_start, nag_stop: the NAG window, as
-    fractions of the denoising steps (all five, validated, are ``guider.nag``). guidance_scale, guidance_rescale,
-    start, stop: CFG, as in ``ClassifierFreeGuidance`` (CFG runs when ``guidance_scale > 1``). family: the NAG
-    family of the denoiser (see ``nag families``); None picks it from the denoiser's class (``DENOISER_FAMILIES``).
+    nag_scale, nag_tau, nag_alpha: as ``NAGConfig`` (scale 1 = NAG off). nag_start, nag_stop, nag_window: the NAG
+    window, as ``NAGConfig``'s start, end and window (all six, validated, are ``guider.nag``). guidance_scale,
+    guidance_rescale, start, stop: CFG, as in ``ClassifierFreeGuidance`` (CFG runs when ``guidance_scale > 1``).
+    family: the NAG family of the denoiser (see ``nag families``); None picks it from the denoiser's class
+    (``DENOISER_FAMILIES``).
     """
 
     _input_predictions = ["pred_cond", "pred_uncond"]
@@ -82,6 +83,7 @@ class NormalizedAttentionGuidance(BaseGuidance):
         nag_alpha: float = 0.25,
         nag_start: float = 0.0,
         nag_stop: float = 1.0,
+        nag_window: str = "schedule",
         guidance_scale: float = 1.0,
         guidance_rescale: float = 0.0,
         family: str | None = None,
@@ -90,7 +92,9 @@ class NormalizedAttentionGuidance(BaseGuidance):
         enabled: bool = True,
     ) -> None:
         super().__init__(start, stop, enabled)
-        self.nag = NAGConfig(scale=nag_scale, tau=nag_tau, alpha=nag_alpha, start=nag_start, end=nag_stop)
+        self.nag = NAGConfig(
+            scale=nag_scale, tau=nag_tau, alpha=nag_alpha, start=nag_start, end=nag_stop, window=nag_window
+        )
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
         families = registered_families()
@@ -155,13 +159,15 @@ class NormalizedAttentionGuidance(BaseGuidance):
     def prepare_models(self, denoiser: torch.nn.Module) -> None:
         """Arm NAG for the coming forward when it is the conditional pass of a step inside the NAG window."""
         self._count_prepared += 1
-        if not (self.is_conditional and self._is_nag_enabled()):
+        if not (self.is_conditional and self._enabled and self.nag.active):
             return
         if self._negative is None:
             raise RuntimeError(
                 "no NAG negative: call guider.encode_negative(pipe, text) or guider.set_negative(embeds)"
             )
         handle = self._handle(denoiser)
+        if not self._in_nag_window(handle.family.name):
+            return
         if handle.active:  # a forward that raised never reached cleanup_models
             handle.state.end_call()
         handle.begin(self._negative, config=replace(self.nag, start=0.0, end=1.0))  # the guider keeps the window
@@ -233,12 +239,16 @@ class NormalizedAttentionGuidance(BaseGuidance):
         self._denoisers.add(denoiser)
         return handle
 
-    def _is_nag_enabled(self) -> bool:
-        if not (self._enabled and self.nag.active):
-            return False
-        if self._num_inference_steps is None:
+    def _in_nag_window(self, family: str) -> bool:
+        """The pipeline door's window rule, on the loop's step or scheduler timestep (which set_state gives);
+        the SD families' schedulers are discrete, the others' flow-matching."""
+        nag = self.nag
+        if nag.full_window or self._num_inference_steps is None:
             return True
-        return self.nag.start <= self._step / self._num_inference_steps < self.nag.end
+        if nag.window == "steps":
+            return nag.start <= self._step / self._num_inference_steps < nag.end
+        t = float(torch.as_tensor(self._timestep).reshape(-1)[0])
+        return Schedule(flow=family not in ("sd", "sdxl")).guides(t, nag.start, nag.end)
 
     def _is_cfg_enabled(self) -> bool:
         if not self._enabled or self.guidance_scale <= 1.0:

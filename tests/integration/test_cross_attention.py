@@ -120,7 +120,8 @@ def test_5_steps_after_the_window_cost_what_stock_costs(case):
     stock_query = query_projection_flops(pipe, case, **call)
     nag.apply(pipe)
     counter.counts["to_k"] = 0
-    window = flops_per_forward(pipe, case, nag={"nag_negative_prompt": NEGATIVE, **NAG, "nag_end": 0.5}, **call)
+    guided = {"nag_negative_prompt": NEGATIVE, **NAG, "nag_end": 0.5, "nag_window": "steps"}
+    window = flops_per_forward(pipe, case, nag=guided, **call)
     report = pipe.nag_report
     total = report.steps_total
     in_window = sum(1 for i in range(total) if i / total < 0.5)
@@ -191,6 +192,6 @@ def test_report_tells_what_nag_did(case):
     assert math.isfinite(report.mean_ratio) and report.mean_ratio > 0
     assert 0.0 <= report.clipped_fraction <= 1.0
     assert f"{report.layers_guided} layers" in str(report)
-    generate(pipe, case, nag={"nag_negative_prompt": NEGATIVE, **NAG, "nag_start": 0.9})
+    generate(pipe, case, nag={"nag_negative_prompt": NEGATIVE, **NAG, "nag_start": 0.9, "nag_window": "steps"})
     assert not pipe.nag_report.active
     assert "window" in pipe.nag_report.warnings[-1]

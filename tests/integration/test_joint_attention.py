@@ -152,7 +152,8 @@ def test_5_steps_after_the_window_cost_what_stock_costs(case):
     pipe = case.make()
     stock = flops_per_forward(pipe, case, **call)
     nag.apply(pipe)
-    window = flops_per_forward(pipe, case, nag={"nag_negative_prompt": NEGATIVE, **NAG, "nag_end": 0.5}, **call)
+    guided = {"nag_negative_prompt": NEGATIVE, **NAG, "nag_end": 0.5, "nag_window": "steps"}
+    window = flops_per_forward(pipe, case, nag=guided, **call)
     total = pipe.nag_report.steps_total
     in_window = sum(1 for i in range(total) if i / total < 0.5)
     assert pipe.nag_report.steps_guided == in_window < total

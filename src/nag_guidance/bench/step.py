@@ -30,8 +30,8 @@ CONDITIONS: dict[str, str] = {
     "none": "no guidance",
     "cfg": f"the pipeline's own CFG (scale {CFG_SCALE:g}, negative_prompt)",
     "nag": "NAG over every step",
-    "nag_end_0.5": "NAG over the first half of the steps",
-    "nag_end_0.25": "NAG over the first quarter",
+    "nag_end_0.5": "NAG over the first half of the schedule (nag_end 0.5)",
+    "nag_end_0.25": "NAG over the first quarter of the schedule (nag_end 0.25)",
 }
 
 

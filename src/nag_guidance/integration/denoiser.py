@@ -24,7 +24,7 @@ import torch
 from nag_guidance.config import NAGConfig
 from nag_guidance.integration.registry import Family, Undo, registered_families
 from nag_guidance.integration.report import NAGReport, report_from_call
-from nag_guidance.integration.state import NAGState, NegativeText
+from nag_guidance.integration.state import NAGState, NegativeText, schedule_of
 
 
 class NAGHandle:
@@ -33,7 +33,9 @@ class NAGHandle:
     def __init__(self, family: Family, owner: Any, count_steps: Callable[[], int | None] | None = None) -> None:
         self.family = family
         self.owner = owner  # the pipeline, or a namespace holding the bare denoiser
-        self.state = NAGState(cond_first=family.cfg_cond_first, count_steps=count_steps)
+        self.state = NAGState(
+            cond_first=family.cfg_cond_first, count_steps=count_steps, timestep_units=family.timestep_units
+        )
         self._undo: list[Undo] = []
         self._installed_on: dict[str, int] = {}
         self._removed = False
@@ -82,21 +84,29 @@ class NAGHandle:
         config: NAGConfig | None = None,
         prompt_rows: int | None = None,
         num_steps: int | None = None,
+        scheduler: Any = None,
     ) -> None:
         """Guide the next denoiser forwards away from ``negative_embeds`` ((1 or n, L, D), as the denoiser takes
         its text). ``prompt_rows``: the number of conditional rows when a forward batches CFG as [uncond, cond]
-        (default: every row is guided); ``num_steps``: needed for a partial ``start``/``end`` window."""
+        (default: every row is guided). A partial ``start``/``end`` window needs the diffusers ``scheduler``
+        whose timesteps the denoiser gets (``config.window="schedule"``) or ``num_steps`` (``"steps"``)."""
         if self._removed:
             raise RuntimeError("this NAG handle was removed: attach again")
         if self.state.call is not None:
             raise RuntimeError("NAG is already active on this handle: call end() first")
+        config = config or NAGConfig()
+        if not config.full_window and config.window == "schedule" and scheduler is None:
+            raise ValueError("a partial schedule window (start/end) needs begin(..., scheduler=the_scheduler)")
+        if not config.full_window and config.window == "steps" and not num_steps:
+            raise ValueError("a partial step window (start/end, window='steps') needs begin(..., num_steps=n)")
         self.refresh()
         negative = (
             negative_embeds
             if isinstance(negative_embeds, NegativeText)
             else NegativeText(negative_embeds, negative_mask)
         )
-        self.state.begin_call(config or NAGConfig(), negative, prompt_rows, num_steps)
+        schedule = None if scheduler is None else schedule_of(scheduler)
+        self.state.begin_call(config, negative, prompt_rows, num_steps, schedule)
 
     def end(self) -> NAGReport:
         """Stop guiding and say what NAG did since ``begin``."""

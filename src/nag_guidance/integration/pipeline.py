@@ -22,7 +22,7 @@ from nag_guidance.config import NAGConfig, get_preset, preset_rule
 from nag_guidance.integration.denoiser import NAGHandle
 from nag_guidance.integration.registry import Family, detect
 from nag_guidance.integration.report import inactive_report, report_from_call
-from nag_guidance.integration.state import NAGState, NegativeText
+from nag_guidance.integration.state import NAGState, NegativeText, schedule_of
 
 NAG_CALL_ARGUMENTS = (
     "nag_negative_prompt",
@@ -33,6 +33,7 @@ NAG_CALL_ARGUMENTS = (
     "nag_alpha",
     "nag_start",
     "nag_end",
+    "nag_window",
 )
 """The keyword arguments an applied pipeline's ``__call__`` accepts in addition to the stock ones."""
 
@@ -209,6 +210,7 @@ class _NAGPipelineMixin:
         nag_alpha: float | None = None,
         nag_start: float | None = None,
         nag_end: float | None = None,
+        nag_window: str | None = None,
         **kwargs: Any,
     ) -> Any:
         session: Session = self._nag_session
@@ -233,6 +235,7 @@ class _NAGPipelineMixin:
                 alpha=nag_alpha,
                 start=nag_start,
                 end=nag_end,
+                window=nag_window,
             )
         finally:
             session.busy.release()
@@ -244,7 +247,7 @@ class _NAGPipelineMixin:
         nag_negative_prompt: str | Sequence[str] | None,
         nag_negative_prompt_embeds: torch.Tensor | None,
         nag_negative_prompt_attention_mask: torch.Tensor | None,
-        **overrides: float | None,
+        **overrides: float | str | None,
     ) -> Any:
         session: Session = self._nag_session
         config = session.defaults.with_overrides(**overrides)
@@ -267,7 +270,10 @@ class _NAGPipelineMixin:
         prompt_rows = _check_batch(super().__call__, args, kwargs, negative)
         session.handle.refresh()
         state = session.state
-        state.begin_call(config, negative if isinstance(negative, NegativeText) else None, prompt_rows)
+        scheduler = getattr(self, "scheduler", None)
+        schedule = None if scheduler is None else schedule_of(scheduler)
+        negative_text = negative if isinstance(negative, NegativeText) else None
+        state.begin_call(config, negative_text, prompt_rows, schedule=schedule)
         state.call.negative_prompt = negative if isinstance(negative, tuple) else None
         try:
             return super().__call__(*args, **kwargs)

@@ -46,6 +46,7 @@ class Family:
     text_width: str | None = None  # the denoiser config key giving the width of the text embeddings it takes
     mask_arg: str | None = "encoder_attention_mask"
     timestep_arg: str = "timestep"
+    timestep_units: str = "scheduler"  # how the pipeline scales the scheduler's timestep (state.TIMESTEP_UNITS)
     attention: tuple[str, ...] = ("attn2",)
     attachable: bool = True  # whether ``nag.attach`` can install it on the bare denoiser (no other components)
     cfg_cond_first: bool = False  # the pipeline batches CFG as [cond, uncond] instead of diffusers' usual order

@@ -64,9 +64,9 @@ def report_from_call(family: str, call: CallInfo) -> NAGReport:
         elif call.guided_timesteps:
             warnings.append("guided forwards ran, but no text-attention layer applied NAG")
         else:
-            warnings.append(
-                f"no step fell in the window [{call.config.start:g}, {call.config.end:g}) of {call.num_steps} steps"
-            )
+            config = call.config
+            units = "the schedule" if config.window == "schedule" else f"{call.num_steps} steps"
+            warnings.append(f"no step fell in the window [{config.start:g}, {config.end:g}] of {units}")
         return NAGReport(family, call.config, steps_total=call.num_steps, warnings=tuple(warnings))
     ratio_sum, clipped, tokens = per_layer.double().sum(0).tolist()
     return NAGReport(

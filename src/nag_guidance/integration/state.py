@@ -11,6 +11,7 @@ attention wrappers to read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,48 @@ GUIDED_CONTEXTS = (None, "cond", "cond_uncond", "pred_cond")
 """diffusers ``cache_context`` names of denoiser calls that carry the prompt ("pred_cond": the conditional pass of
 modular pipelines' guider loops). Any other name ("uncond", and extra passes such as LTX-2's "uncond_stg" /
 "uncond_modality") is never guided."""
+
+
+TIMESTEP_UNITS = ("scheduler", "fraction", "reversed_fraction")
+"""How a family's pipeline hands the scheduler's timestep t to the denoiser: as it is, as t/1000 (Flux and its
+peers) or as (1000 − t)/1000 (Z-Image, Lumina 2)."""
+
+
+def scheduler_timestep(value: float, units: str) -> float:
+    """The scheduler timestep behind the value a denoiser was given (see ``TIMESTEP_UNITS``)."""
+    if units == "fraction":
+        return value * 1000.0
+    if units == "reversed_fraction":
+        return (1.0 - value) * 1000.0
+    return value
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What the schedule window needs to know of the scheduler: its ``train_timesteps`` T and whether it is a
+    flow-matching one (continuous t = T·σ ∈ [0, T]) or a discrete one (integer t ∈ [0, T − 1])."""
+
+    train_timesteps: int = 1000
+    flow: bool = True
+
+    def guides(self, t: float, start: float, end: float) -> bool:
+        """The NAG authors' window rule at scheduler timestep ``t``: their Flux pipeline guides while
+        t ≥ (1 − end)·1000, their SDXL pipeline while t ≥ floor((1 − end)·999); ``start`` mirrors it from above."""
+        top = self.train_timesteps if self.flow else self.train_timesteps - 1
+        lowest = (1.0 - end) * top if self.flow else math.floor((1.0 - end) * top)
+        return lowest <= t <= (1.0 - start) * top
+
+
+def schedule_of(scheduler: Any) -> Schedule:
+    """The ``Schedule`` of a diffusers scheduler: flow-matching schedulers by class name (FlowMatch*) or by the
+    flow options of the multistep solvers (``use_flow_sigmas`` / ``prediction_type="flow_prediction"``)."""
+    config = getattr(scheduler, "config", {}) or {}
+    flow = (
+        type(scheduler).__name__.startswith("FlowMatch")
+        or bool(config.get("use_flow_sigmas"))
+        or config.get("prediction_type") == "flow_prediction"
+    )
+    return Schedule(int(config.get("num_train_timesteps", 1000)), flow)
 
 
 @dataclass
@@ -81,6 +124,7 @@ class CallInfo:
     config: NAGConfig
     negative: NegativeText | None = None
     num_steps: int | None = None
+    schedule: Schedule | None = None  # the scheduler's, for a partial schedule window
     step_index: int = -1
     last_timestep: float | None = None
     prompt_rows: int | None = None  # prompts × images per prompt, when the call's arguments say so
@@ -103,9 +147,15 @@ class CallInfo:
 class NAGState:
     """Mutable state of one applied pipeline (see the module docstring)."""
 
-    def __init__(self, cond_first: bool = False, count_steps: Callable[[], int | None] | None = None) -> None:
+    def __init__(
+        self,
+        cond_first: bool = False,
+        count_steps: Callable[[], int | None] | None = None,
+        timestep_units: str = "scheduler",
+    ) -> None:
         self.cond_first = cond_first  # the family batches CFG as [cond, uncond]
         self.count_steps = count_steps  # the number of denoising steps of the running call, where it can be read
+        self.timestep_units = timestep_units  # how the denoiser's timestep relates to the scheduler's
         self.call: CallInfo | None = None
         self.forward: ForwardPlan | None = None
         self.layers: list[str] = []  # names of the wrapped layers; a layer's index is its row in ``CallInfo.stats``
@@ -124,8 +174,11 @@ class NAGState:
         negative: NegativeText | None,
         prompt_rows: int | None = None,
         num_steps: int | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
-        self.call = CallInfo(config=config, negative=negative, prompt_rows=prompt_rows, num_steps=num_steps)
+        self.call = CallInfo(
+            config=config, negative=negative, prompt_rows=prompt_rows, num_steps=num_steps, schedule=schedule
+        )
         self.forward = None
 
     def end_call(self) -> CallInfo | None:
@@ -135,14 +188,14 @@ class NAGState:
     # -- per denoiser forward ------------------------------------------------------------------
 
     def _advance_step(self, timestep: Any) -> None:
-        """Count denoising steps: a step starts whenever the denoiser's timestep changes.
+        """Count denoising steps (a step starts whenever the denoiser's timestep changes) and keep the step's
+        scheduler timestep.
 
-        Reading the value costs a host sync, so it is only done when the step window is partial; with the
-        full window every forward is in it and the steps are counted from the kept timesteps at the end.
+        Reading the value costs a host sync, so it is only done when the window is partial; with the full window
+        every forward is in it and the steps are counted from the kept timesteps at the end.
         """
         call = self.call
-        config = call.config
-        if config.start == 0.0 and config.end == 1.0:
+        if call.config.full_window:
             return
         value = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
         if value != call.last_timestep:
@@ -152,8 +205,14 @@ class NAGState:
     def in_window(self) -> bool:
         call = self.call
         config = call.config
-        if config.start == 0.0 and config.end == 1.0:
+        if config.full_window:
             return True
+        if config.window == "schedule":
+            if call.schedule is None:
+                call.note("the scheduler is unknown: the start/end window was not applied")
+                return True
+            t = scheduler_timestep(call.last_timestep, self.timestep_units)
+            return call.schedule.guides(t, config.start, config.end)
         if not call.num_steps:
             call.note("the number of denoising steps is unknown: the start/end window was not applied")
             return True

@@ -36,6 +36,7 @@ def extend_inputs(arguments: dict[str, Any], plan: ForwardPlan, negative: Negati
 
 CHROMA = Family(
     name="chroma",
+    timestep_units="fraction",
     text_width="joint_attention_dim",
     pipelines=("ChromaPipeline", "ChromaImg2ImgPipeline"),
     install=joint_attention.install,

@@ -33,6 +33,7 @@ def _flux_preset(pipe: Any) -> str:
 
 FLUX = Family(
     name="flux",
+    timestep_units="fraction",
     text_width="joint_attention_dim",
     pipelines=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
     install=joint_attention.install,
@@ -47,6 +48,7 @@ FLUX = Family(
 
 FLUX_KONTEXT = Family(
     name="flux-kontext",
+    timestep_units="fraction",
     text_width="joint_attention_dim",
     pipelines=("FluxKontextPipeline", "FluxKontextInpaintPipeline"),
     install=joint_attention.install,

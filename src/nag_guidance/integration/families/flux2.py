@@ -27,6 +27,7 @@ def extend_text_ids(arguments: dict[str, Any], plan: ForwardPlan, negative: Nega
 
 FLUX2 = Family(
     name="flux2",
+    timestep_units="fraction",
     text_width="joint_attention_dim",
     pipelines=("Flux2Pipeline", "Flux2KleinPipeline"),
     cfg_argument=None,  # FLUX.2-dev is guidance-distilled; Klein's CFG negative is always ""

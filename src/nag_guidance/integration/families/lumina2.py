@@ -211,6 +211,7 @@ def _shifted_rotary(model: torch.nn.Module, captions: torch.Tensor, lengths: tor
 
 LUMINA2 = Family(
     name="lumina2",
+    timestep_units="reversed_fraction",
     text_width="cap_feat_dim",
     pipelines=("Lumina2Pipeline",),
     install=install,

@@ -40,6 +40,7 @@ def _restart_negative_positions(state: NAGState):
 
 QWEN_IMAGE = Family(
     name="qwen-image",
+    timestep_units="fraction",
     text_width="joint_attention_dim",
     pipelines=(
         "QwenImagePipeline",

@@ -139,6 +139,7 @@ def _append_caption(plan: ForwardPlan, unified, freqs, mask, image_lengths: list
 
 Z_IMAGE = Family(
     name="z-image",
+    timestep_units="reversed_fraction",
     text_width="cap_feat_dim",
     pipelines=("ZImagePipeline", "ZImageImg2ImgPipeline"),
     install=install,
