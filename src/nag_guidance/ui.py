@@ -24,7 +24,7 @@ HELP = {
     "scale": "How hard to push away from the negative (1 = off). Higher removes more, until images break.",
     "tau": "Cap on how much a token's attention output may grow, as a multiple of its unguided size.",
     "alpha": "How much of the guided attention output is blended in (1 = all, 0 = none).",
-    "end": "Fraction of the denoising steps during which NAG acts (it matters most early).",
+    "end": "Fraction of the denoising schedule (from pure noise) during which NAG acts; it matters most early.",
     "cfg_scale": "Scale of the CFG column (the negative as CFG's unconditional prompt).",
     "steps": "Denoising steps (few-step models: 1–8).",
 }

@@ -17,7 +17,8 @@ attention function is intercepted and replaced by ``guided_joint_attention``:
 - on the conditional rows the image outputs become NAG(Z+, Z-), before the processor's output projection.
 
 The negative's text tokens are modulated with the prompt rows' embedding (timestep + the prompt's pooled
-vector), as in the NAG authors' diffusers pipelines.
+vector), as in the NAG authors' SD3 pipeline; their Flux and Kontext pipelines and ComfyUI-NAG use the negative's
+pooled vector instead (docs/parity.md).
 """
 
 from __future__ import annotations
