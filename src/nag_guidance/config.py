@@ -99,22 +99,66 @@ def _preset(scale, tau, alpha, *, end=1.0, steps=None, guidance_scale=None, sour
     return Preset(NAGConfig(scale=scale, tau=tau, alpha=alpha, end=end), steps, guidance_scale, source)
 
 
-AUTHORS = "NAG authors' recommendations (paper / reference pipelines)"
 TINY = "embedded model: measured by `nag eval` (docs/results.md)"
 GENERIC = "generic default: no published recommendation for this family"
 
 PRESETS: dict[str, Preset] = {
-    "flux-schnell": _preset(5, 2.5, 0.25, steps=4, guidance_scale=0.0, source=AUTHORS),
-    "flux-dev": _preset(5, 2.5, 0.25, steps=25, guidance_scale=3.5, source=AUTHORS),
-    "flux-kontext": _preset(5, 2.5, 0.25, end=0.25, steps=25, guidance_scale=2.5, source=AUTHORS),
-    "sd35-large-turbo": _preset(5, 2.5, 0.125, steps=8, guidance_scale=0.0, source=AUTHORS),
-    "sdxl": _preset(3, 2.5, 0.5, steps=4, guidance_scale=0.0, source=AUTHORS + " (DMD2 / Lightning)"),
-    "sd15": _preset(5, 2.5, 0.38, source=AUTHORS),
-    "wan21": _preset(9, 2.5, 0.25, steps=25, guidance_scale=5.0, source=AUTHORS),
-    "wan-4step": _preset(11, 3.5, 0.5, steps=4, guidance_scale=1.0, source=AUTHORS + " (4-step Wan)"),
-    "hunyuan-video": _preset(9, 2.5, 0.12, source=AUTHORS),
-    "chroma": _preset(5, 2.5, 0.25, guidance_scale=4.0, source=AUTHORS),
-    "ltx2": _preset(11, 2.5, 0.25, source="community LTX-2 NAG node (KJNodes)"),
+    "flux-schnell": _preset(
+        5,
+        2.5,
+        0.25,
+        steps=4,
+        guidance_scale=0.0,
+        source="authors' README Flux-schnell example (s 5, guidance 0, 4 steps); τ, α: their Flux processor defaults",
+    ),
+    "flux-dev": _preset(
+        5,
+        2.5,
+        0.25,
+        steps=25,
+        guidance_scale=3.5,
+        source="paper Table 1 (Flux-Dev, 25 steps, s 5); τ, α: the authors' Flux processor defaults",
+    ),
+    "flux-kontext": _preset(
+        5,
+        2.5,
+        0.25,
+        end=0.25,
+        steps=25,
+        guidance_scale=2.5,
+        source="authors' Kontext pipeline defaults (nag_end 0.25 in their timestep units, which are ours)",
+    ),
+    "sd35-large-turbo": _preset(
+        5,
+        2.5,
+        0.125,
+        steps=8,
+        guidance_scale=0.0,
+        source="paper Table 1 (SD3.5-L-Turbo, 8 steps); α 0.125: the authors' SD3 pipeline default",
+    ),
+    "sdxl": _preset(
+        3,
+        2.5,
+        0.5,
+        steps=4,
+        guidance_scale=0.0,
+        source="authors' README DMD2 example (s 3, guidance 0, 4 steps); τ, α: their SDXL pipeline defaults",
+    ),
+    "sd15": _preset(5, 2.5, 0.38, source="NAG authors' per-model defaults table (project page)"),
+    "wan21": _preset(
+        9,
+        2.5,
+        0.25,
+        steps=25,
+        guidance_scale=5.0,
+        source="authors' README Wan2.1-T2V-14B example (s 9, CFG 5, 25 steps); τ, α: their Wan defaults",
+    ),
+    "wan-4step": _preset(
+        11, 3.5, 0.5, steps=4, guidance_scale=1.0, source="authors' 4-step Wan (CausVid) demo, app.py"
+    ),
+    "hunyuan-video": _preset(9, 2.5, 0.12, source="NAG authors' per-model defaults table (project page)"),
+    "chroma": _preset(5, 2.5, 0.25, guidance_scale=4.0, source="NAG authors' per-model defaults table (project page)"),
+    "ltx2": _preset(11, 2.5, 0.25, source="KJNodes LTX2_NAG node defaults (s 11, α 0.25, τ 2.5)"),
     "generic": _preset(5, 2.5, 0.25, source=GENERIC),
     "tiny": _preset(5, 2.5, 0.5, steps=4, guidance_scale=0.0, source=TINY),
 }
