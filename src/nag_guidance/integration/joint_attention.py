@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextvars
 import importlib
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,9 @@ class _GuidedCall:
         if self.done:
             return original(query, key, value, attn_mask, *args, **kwargs)
         self.done = True
+        backend = _configured_backend(kwargs)
+        if backend is not None:
+            _say_backend_not_used(self.state, backend)
         bhsd = self.layout.function == "sdpa"
         q, k, v = (t if bhsd else t.transpose(1, 2) for t in (query, key, value))
         out = guided_joint_attention(
@@ -120,6 +124,35 @@ class _GuidedCall:
 
     def _guide(self, z_pos: torch.Tensor, z_neg: torch.Tensor) -> None:
         self.state.guide_(self.layer, z_pos, z_neg)
+
+
+def _configured_backend(kwargs: dict) -> str | None:
+    """The diffusers attention backend the processor asks for (its own, else the active one), None for PyTorch's
+    default SDPA ("native"): the partial attentions of the guided call run on PyTorch's kernels whatever it is."""
+    backend = kwargs.get("backend")
+    if backend is None:
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+        backend = _AttentionBackendRegistry._active_backend
+    name = getattr(backend, "value", backend)
+    return None if name in (None, "native") else str(name)
+
+
+_WARNED_BACKENDS: set[str] = set()
+
+
+@torch.compiler.disable
+def _say_backend_not_used(state: NAGState, backend: str) -> None:
+    """Never silently: a one-time warning per backend, and a note in every affected call's report."""
+    text = (
+        f"attention backend {backend!r}: NAG's guided joint attention ran on PyTorch's fused kernels instead (it "
+        "needs each partial attention's log-sum-exp); unguided layers and steps use the configured backend"
+    )
+    if state.call is not None:
+        state.call.note(text)
+    if backend not in _WARNED_BACKENDS:
+        _WARNED_BACKENDS.add(backend)
+        warnings.warn(text, stacklevel=2)
 
 
 def guided_joint_attention(
