@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
 import nag_guidance as nag
 
@@ -21,6 +22,14 @@ NAG = {"nag_scale": 5.0, "nag_tau": 2.5, "nag_alpha": 0.5}
 NEGATIVE = "blurry dog"
 JOINT = {case.id: case for case in JOINT_CASES}
 BACKENDS = ["_native_math", "native"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_the_active_backend():
+    """``set_attention_backend`` also sets diffusers' process-wide active backend: put it back."""
+    active = _AttentionBackendRegistry._active_backend
+    yield
+    _AttentionBackendRegistry.set_active_backend(active)
 
 
 def _guided(case, backend: str | None):
