@@ -29,6 +29,12 @@ def _number(name: str, value: Any) -> float:
 WINDOWS = ("schedule", "steps")
 """Units of ``NAGConfig.start`` / ``end``: fractions of the denoising schedule (default) or of the steps."""
 
+POOLED = ("prompt", "negative")
+"""Whose pooled text vector modulates the negative branch, in families whose denoiser takes one: the prompt's
+(the negative's text rides in the prompt rows, cheap) or the negative's own (the NAG authors' Flux / Kontext
+pipelines and ComfyUI-NAG: the negative branch gets its own rows and, in single-stream blocks, its own copy of
+the image tokens)."""
+
 
 @dataclass(frozen=True)
 class NAGConfig:
@@ -41,6 +47,7 @@ class NAGConfig:
     (``window="schedule"``, the NAG authors' rule: e.g. a flow-matching model is guided while its timestep
     t ≥ (1 − end)·1000, i.e. σ ≥ 1 − end) or of the *steps* (``window="steps"``: step i of n is guided while
     start ≤ i/n < end).
+    pooled: one of ``POOLED``, or None for the family's default; only for families with a pooled text vector.
     """
 
     scale: float = 5.0
@@ -49,11 +56,15 @@ class NAGConfig:
     start: float = 0.0
     end: float = 1.0
     window: str = "schedule"
+    pooled: str | None = None
 
     def __post_init__(self) -> None:
         if self.window not in WINDOWS:
             raise ValueError(f"window={self.window!r} is invalid: expected one of {', '.join(map(repr, WINDOWS))}")
-        values = {f.name: _number(f.name, getattr(self, f.name)) for f in fields(self) if f.name != "window"}
+        if self.pooled is not None and self.pooled not in POOLED:
+            raise ValueError(f"pooled={self.pooled!r} is invalid: expected one of {', '.join(map(repr, POOLED))}")
+        choices = ("window", "pooled")
+        values = {f.name: _number(f.name, getattr(self, f.name)) for f in fields(self) if f.name not in choices}
         for name, value in values.items():
             object.__setattr__(self, name, value)
         scale, tau, alpha, start, end = (values[k] for k in ("scale", "tau", "alpha", "start", "end"))

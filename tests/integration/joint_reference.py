@@ -61,6 +61,9 @@ class JointReference:
     trimmed_caption: bool = False  # each row's joint sequence is [its real caption (mask sum) | image | padding]
     extra_text_dims: dict[str, int] | None = None  # batch axis of ``extra_text`` entries other than 0
     image_tokens_of: Any = None  # bound denoiser arguments -> image tokens first in the joint sequence (HiDream)
+    # norms (``layer_names`` patterns) that modulate the image stream from the prompt half's embedding in both
+    # halves: the NAG authors' truncated norms in their Flux dual-stream blocks (pooled vectors per half)
+    prompt_image_modulation: tuple[str, ...] = ()
 
     def install(self, denoiser: torch.nn.Module) -> None:
         self.active = self.inside = False
@@ -70,13 +73,22 @@ class JointReference:
         setattr(self.attention_owner, self.attention_name, self._attention)
         denoiser.register_forward_pre_hook(self._double_batch, with_kwargs=True)
         denoiser.register_forward_hook(self._first_half)
+        modulated = layer_names(denoiser, self.prompt_image_modulation) if self.prompt_image_modulation else []
         for name, module in denoiser.named_modules():
+            if name in modulated:
+                module.register_forward_pre_hook(self._prompt_half_embedding, with_kwargs=True)
             if name in layer_names(denoiser, self.attention_modules):
                 module.register_forward_pre_hook(lambda *_: setattr(self, "inside", True))
                 module.register_forward_hook(lambda *_: setattr(self, "inside", False))
 
     def uninstall(self) -> None:
         setattr(self.attention_owner, self.attention_name, self.original)
+
+    def _prompt_half_embedding(self, module, args, kwargs):
+        if not self.active:
+            return None
+        emb = kwargs["emb"]
+        return args, {**kwargs, "emb": torch.cat([emb[: self.batch], emb[: self.batch]])}
 
     # -- batch doubling ------------------------------------------------------------------------
 

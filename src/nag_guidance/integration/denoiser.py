@@ -95,6 +95,7 @@ class NAGHandle:
         if self.state.call is not None:
             raise RuntimeError("NAG is already active on this handle: call end() first")
         config = config or NAGConfig()
+        config = config.with_overrides(pooled=self.family.pooled_for(config))
         if not config.full_window and config.window == "schedule" and scheduler is None:
             raise ValueError("a partial schedule window (start/end) needs begin(..., scheduler=the_scheduler)")
         if not config.full_window and config.window == "steps" and not num_steps:
@@ -105,6 +106,8 @@ class NAGHandle:
             if isinstance(negative_embeds, NegativeText)
             else NegativeText(negative_embeds, negative_mask)
         )
+        if config.pooled == "negative" and negative.pooled is None:
+            raise ValueError("pooled='negative' needs the negative's pooled vector: NegativeText(embeds, pooled=...)")
         schedule = None if scheduler is None else schedule_of(scheduler)
         self.state.begin_call(config, negative, prompt_rows, num_steps, schedule)
 

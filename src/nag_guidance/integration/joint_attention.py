@@ -17,8 +17,12 @@ attention function is intercepted and replaced by ``guided_joint_attention``:
 - on the conditional rows the image outputs become NAG(Z+, Z-), before the processor's output projection.
 
 The negative's text tokens are modulated with the prompt rows' embedding (timestep + the prompt's pooled
-vector), as in the NAG authors' SD3 pipeline; their Flux and Kontext pipelines and ComfyUI-NAG use the negative's
-pooled vector instead (docs/parity.md).
+vector), as in the NAG authors' SD3 pipeline (``pooled="prompt"``). With ``pooled="negative"`` (the authors'
+Flux and Kontext pipelines, ComfyUI-NAG; see ``NegativeRows``) the negative's text runs on rows of its own,
+batch..2·batch, under its own modulation: a dual-stream processor gets image rows [B] and text rows [2B], folds
+the text rows into the sequence ([prompt text | negative text | image] per row) and runs the guided call above;
+a single-stream processor gets rows [prompt; negative], each [its text | its own image copy], attends per row
+on the configured backend, and writes NAG(Z+, Z-) into the image tokens of both halves, as the authors do.
 """
 
 from __future__ import annotations
@@ -77,8 +81,13 @@ class JointAttentionNAG(ProcessorWrapper):
         plan = self.state.forward
         if plan is None or _attention_scores_skipped():
             return self.processor(attn, *args, **kwargs)
-        interception = _interception(self.processor, self.joint_layout.function)
+        if plan.negative_rows:
+            return self._run_negative_rows(plan, attn, *args, **kwargs)
         guided = _GuidedCall(self.state, self.index, plan, self.joint_layout)
+        return self._run_guided(guided, attn, *args, **kwargs)
+
+    def _run_guided(self, guided: _GuidedCall | _RowsGuidedCall, attn: torch.nn.Module, *args: Any, **kwargs: Any):
+        interception = _interception(self.processor, self.joint_layout.function)
         with interception.active(guided):
             out = self.processor(attn, *args, **kwargs)
         if not guided.done:
@@ -89,6 +98,22 @@ class JointAttentionNAG(ProcessorWrapper):
                 "processor is not supported"
             )
         return out
+
+    def _run_negative_rows(self, plan: ForwardPlan, attn: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        """``pooled="negative"``: see the module docstring (text first, rotary tables (cos, sin) by sequence)."""
+        bound = self.signature.bind(attn, *args, **kwargs)
+        arguments = bound.arguments
+        text = arguments.get("encoder_hidden_states")
+        if text is None:  # single-stream: rows [prompt; negative], each with its own image copy
+            return self._run_guided(_RowsGuidedCall(self.state, self.index, plan), *bound.args, **bound.kwargs)
+        batch, length = plan.batch, plan.text_length
+        arguments["encoder_hidden_states"] = torch.cat([text[:batch], text[batch:]], dim=1)
+        rotary = arguments.get("image_rotary_emb")
+        if rotary is not None:  # both texts have the prompt's text positions
+            arguments["image_rotary_emb"] = tuple(torch.cat([r[:length], r[:length], r[length:]]) for r in rotary)
+        guided = _GuidedCall(self.state, self.index, plan, self.joint_layout)
+        image, text_out = self._run_guided(guided, *bound.args, **bound.kwargs)
+        return image, torch.cat([text_out[:, :length], text_out[:, length:]])
 
 
 def _attention_scores_skipped() -> bool:
@@ -124,6 +149,32 @@ class _GuidedCall:
 
     def _guide(self, z_pos: torch.Tensor, z_neg: torch.Tensor) -> None:
         self.state.guide_(self.layer, z_pos, z_neg)
+
+
+class _RowsGuidedCall:
+    """A single-stream block under ``pooled="negative"``: rows [prompt; negative] of [text | image] each attend
+    over their own sequence (the stock call, padded text keys masked out); then the image tokens of both halves
+    become NAG(prompt half, negative half)."""
+
+    def __init__(self, state: NAGState, layer: int, plan: ForwardPlan) -> None:
+        self.state, self.layer, self.plan = state, layer, plan
+        self.done = False
+
+    def __call__(self, original: Callable, query, key, value, attn_mask=None, *args: Any, **kwargs: Any):
+        if self.done:
+            return original(query, key, value, attn_mask, *args, **kwargs)
+        self.done = True
+        batch, length = self.plan.batch, self.plan.text_length
+        masks = self.plan.text_key_masks
+        if masks is not None:
+            image_keys = torch.ones(2 * batch, query.shape[1] - length, dtype=torch.bool, device=query.device)
+            text_keys = torch.cat([masks[0], masks[1]]).bool()
+            attn_mask = torch.cat([text_keys, image_keys], dim=1)[:, None, None, :]
+        out = original(query, key, value, attn_mask, *args, **kwargs).contiguous()  # (2B, S, H, D)
+        image = out[:, length:]
+        self.state.guide_(self.layer, image[:batch].flatten(2), image[batch:].flatten(2))
+        image[batch:] = image[:batch]
+        return out
 
 
 def _configured_backend(kwargs: dict) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,6 +36,20 @@ ExtendInputs = Callable[[dict[str, Any], ForwardPlan, NegativeText], None]
 text length (position ids, rotary tables...) in place."""
 
 
+@dataclass(frozen=True)
+class NegativeRows:
+    """How a family runs the negative branch on batch rows of its own, under the negative's pooled vector
+    (``pooled="negative"``), instead of appending the negative's tokens to the prompt rows.
+
+    ``inputs`` re-lays the bound denoiser arguments in place (texts as rows [prompt; negative], the pooled vector
+    and timestep per row) and fills the plan; ``hooks`` installs, on one denoiser, the module hooks that keep the
+    image stream right under rows of two kinds, and returns their undo.
+    """
+
+    inputs: Callable[[dict[str, Any], ForwardPlan, NegativeText], None]
+    hooks: Callable[[torch.nn.Module, NAGState], Undo]
+
+
 def install(pipe: Any, family: Family, state: NAGState, wrapper: type[ProcessorWrapper]) -> list[Undo]:
     """Hook every denoiser of ``pipe`` named by the family and wrap its attention processors with ``wrapper``
     (and register how to re-wrap them, for processors diffusers replaces later)."""
@@ -54,6 +69,8 @@ def install(pipe: Any, family: Family, state: NAGState, wrapper: type[ProcessorW
                 )
             make_hook = family.denoiser_hook or _append_negative
             undo.append(add_denoiser_hooks(model, make_hook(pipe, family, state), state))
+            if family.negative_rows is not None:
+                undo.append(family.negative_rows.hooks(model, state))
             undo.append(track_cache_context(model, state))
             undo.append(unwrapped_during(model, "set_default_attn_processor", state))
     except Exception:
@@ -82,6 +99,9 @@ def _append_negative(pipe: Any, family: Family, state: NAGState):
         if plan is None:
             return None
         negative = state.negative_rows(plan.rows.stop - plan.rows.start, device=text.device, dtype=text.dtype)
+        if call.config.pooled == "negative":
+            family.negative_rows.inputs(arguments, plan, negative)
+            return unbind(bound)
         repeat = plan.batch // negative.embeds.shape[0]
         arguments[family.text_arg] = torch.cat([text, negative.embeds.repeat(repeat, 1, 1)], dim=1)
         plan.text_length, plan.negative_length = text.shape[1], negative.embeds.shape[1]

@@ -28,12 +28,14 @@ NAG_CALL_ARGUMENTS = (
     "nag_negative_prompt",
     "nag_negative_prompt_embeds",
     "nag_negative_prompt_attention_mask",
+    "nag_negative_pooled_prompt_embeds",
     "nag_scale",
     "nag_tau",
     "nag_alpha",
     "nag_start",
     "nag_end",
     "nag_window",
+    "nag_pooled",
 )
 """The keyword arguments an applied pipeline's ``__call__`` accepts in addition to the stock ones."""
 
@@ -58,17 +60,18 @@ class Session:
         return self.handle.state
 
 
-def apply(pipe: Any, preset: str | None = None, **defaults: float) -> Any:
+def apply(pipe: Any, preset: str | None = None, **defaults: float | str) -> Any:
     """Enable NAG on a diffusers pipeline in place and return it.
 
     The family is detected from the pipeline class. ``preset`` names a row of the presets table (default: the
-    family's own); ``defaults`` (scale, tau, alpha, start, end) override it for every call, and the call's
-    ``nag_*`` arguments override both. Applying twice only updates the defaults. An unsupported pipeline raises
-    ``NotImplementedError`` and invalid parameters ``ValueError``, leaving the pipeline untouched.
+    family's own); ``defaults`` (scale, tau, alpha, start, end, window, pooled) override it for every call, and
+    the call's ``nag_*`` arguments override both. Applying twice only updates the defaults. An unsupported
+    pipeline raises ``NotImplementedError`` and invalid parameters ``ValueError``, leaving the pipeline untouched.
     """
     family = detect(pipe)
     config = get_preset(preset or default_preset(pipe)).config
     config = config.with_overrides(**_known_fields(defaults))
+    family.pooled_for(config)
     session = _session(pipe)
     if session is not None:
         session.defaults = config
@@ -121,7 +124,7 @@ def remove(pipe: Any) -> Any:
 
 
 @contextmanager
-def applied(pipe: Any, preset: str | None = None, **defaults: float) -> Iterator[Any]:
+def applied(pipe: Any, preset: str | None = None, **defaults: float | str) -> Iterator[Any]:
     """``with nag.applied(pipe): ...`` — NAG inside the block, the stock pipeline after it. If NAG was already
     applied before the block it stays, with the defaults it had before the block."""
     session = _session(pipe)
@@ -146,7 +149,7 @@ def _session(pipe: Any) -> Session | None:
 
 
 def _known_fields(values: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"scale", "tau", "alpha", "start", "end"}
+    allowed = {"scale", "tau", "alpha", "start", "end", "window", "pooled"}
     unknown = set(values) - allowed
     if unknown:
         raise TypeError(f"unknown NAG parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -205,12 +208,14 @@ class _NAGPipelineMixin:
         nag_negative_prompt: str | Sequence[str] | None = None,
         nag_negative_prompt_embeds: torch.Tensor | None = None,
         nag_negative_prompt_attention_mask: torch.Tensor | None = None,
+        nag_negative_pooled_prompt_embeds: torch.Tensor | None = None,
         nag_scale: float | None = None,
         nag_tau: float | None = None,
         nag_alpha: float | None = None,
         nag_start: float | None = None,
         nag_end: float | None = None,
         nag_window: str | None = None,
+        nag_pooled: str | None = None,
         **kwargs: Any,
     ) -> Any:
         session: Session = self._nag_session
@@ -230,12 +235,14 @@ class _NAGPipelineMixin:
                 nag_negative_prompt,
                 nag_negative_prompt_embeds,
                 nag_negative_prompt_attention_mask,
+                nag_negative_pooled_prompt_embeds,
                 scale=nag_scale,
                 tau=nag_tau,
                 alpha=nag_alpha,
                 start=nag_start,
                 end=nag_end,
                 window=nag_window,
+                pooled=nag_pooled,
             )
         finally:
             session.busy.release()
@@ -247,13 +254,25 @@ class _NAGPipelineMixin:
         nag_negative_prompt: str | Sequence[str] | None,
         nag_negative_prompt_embeds: torch.Tensor | None,
         nag_negative_prompt_attention_mask: torch.Tensor | None,
+        nag_negative_pooled_prompt_embeds: torch.Tensor | None,
         **overrides: float | str | None,
     ) -> Any:
         session: Session = self._nag_session
         config = session.defaults.with_overrides(**overrides)
-        negative = _check_negative(nag_negative_prompt, nag_negative_prompt_embeds, nag_negative_prompt_attention_mask)
+        config = config.with_overrides(pooled=session.family.pooled_for(config))
+        negative = _check_negative(
+            nag_negative_prompt,
+            nag_negative_prompt_embeds,
+            nag_negative_prompt_attention_mask,
+            nag_negative_pooled_prompt_embeds,
+        )
         if isinstance(negative, NegativeText):
             _check_width(self, session.family, negative)
+            if config.pooled == "negative" and negative.pooled is None:
+                raise ValueError(
+                    "pooled='negative' with nag_negative_prompt_embeds needs nag_negative_pooled_prompt_embeds "
+                    "(the negative's pooled vector), or give the negative as nag_negative_prompt"
+                )
         family = session.family.name
         if negative is None:
             self.nag_report = inactive_report(family, config, "no NAG negative given: ran the stock pipeline")
@@ -320,7 +339,7 @@ class _NAGPipelineMixin:
             elif _prompt_specific(name):
                 call_args[name] = None
         values = _named(session.family, encode(**call_args))
-        return NegativeText(values["embeds"], values.get("mask"))
+        return NegativeText(values["embeds"], values.get("mask"), values.get("pooled"))
 
 
 def _prompt_specific(name: str) -> bool:
@@ -336,13 +355,18 @@ def _named(family: Family, encoded: Any) -> dict[str, Any]:
 
 
 def _check_negative(
-    prompt: str | Sequence[str] | None, embeds: torch.Tensor | None, mask: torch.Tensor | None
+    prompt: str | Sequence[str] | None,
+    embeds: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    pooled: torch.Tensor | None = None,
 ) -> tuple[str, ...] | NegativeText | None:
-    """Validate the NAG negative before any compute: prompt text(s), or embeddings (+ mask)."""
+    """Validate the NAG negative before any compute: prompt text(s), or embeddings (+ mask, + pooled vector)."""
     if prompt is not None and embeds is not None:
         raise ValueError("give either nag_negative_prompt or nag_negative_prompt_embeds, not both")
     if mask is not None and embeds is None:
         raise ValueError("nag_negative_prompt_attention_mask needs nag_negative_prompt_embeds")
+    if pooled is not None and embeds is None:
+        raise ValueError("nag_negative_pooled_prompt_embeds needs nag_negative_prompt_embeds")
     if prompt is not None:
         prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -360,7 +384,14 @@ def _check_negative(
             f"nag_negative_prompt_attention_mask must have shape {tuple(embeds.shape[:2])}, "
             f"got {getattr(mask, 'shape', type(mask).__name__)}"
         )
-    return NegativeText(embeds, mask)
+    if pooled is not None and (
+        not isinstance(pooled, torch.Tensor) or pooled.ndim != 2 or pooled.shape[0] != embeds.shape[0]
+    ):
+        raise ValueError(
+            f"nag_negative_pooled_prompt_embeds must have shape ({embeds.shape[0]}, width), "
+            f"got {getattr(pooled, 'shape', type(pooled).__name__)}"
+        )
+    return NegativeText(embeds, mask, pooled)
 
 
 def _check_width(pipe: Any, family: Family, negative: NegativeText) -> None:

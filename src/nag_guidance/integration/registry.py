@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from nag_guidance.config import NAGConfig
     from nag_guidance.integration.joint_attention import JointLayout
-    from nag_guidance.integration.negative_text import ExtendInputs
+    from nag_guidance.integration.negative_text import ExtendInputs, NegativeRows
     from nag_guidance.integration.state import NAGState
 
 Undo = Callable[[], None]
@@ -34,6 +35,9 @@ class Family:
     any compute (None where the pipeline's embeddings are not what the denoiser takes). The last three fields are
     for the mechanisms: ``layout`` says where joint attention is called, ``extend_inputs`` extends what else
     depends on the text length, ``denoiser_hook`` replaces the shared pre-hook that appends the negative.
+    ``pooled_arg`` names where the denoiser takes a pooled text vector (None: it takes none);
+    ``negative_rows`` runs the negative branch on rows of its own, under the negative's pooled vector
+    (``pooled="negative"``; None: the family offers only ``"prompt"``).
     """
 
     name: str
@@ -54,6 +58,26 @@ class Family:
     layout: JointLayout | None = None  # joint attention only; None: ``JointLayout()``
     extend_inputs: ExtendInputs | None = None
     denoiser_hook: DenoiserHook | None = None
+    pooled_arg: str | None = None
+    negative_rows: NegativeRows | None = None
+
+    def pooled_for(self, config: NAGConfig) -> str | None:
+        """The pooled method a call with ``config`` uses here ("prompt" unless asked; None where the denoiser takes
+        no pooled vector); raises ``ValueError`` for a choice the family cannot make."""
+        if config.pooled is None:
+            return "prompt" if self.pooled_arg else None
+        if self.pooled_arg is None:
+            raise ValueError(
+                f"pooled={config.pooled!r}: the {self.name} denoiser takes no pooled text vector, so the negative "
+                "branch's modulation is the prompt's either way; leave pooled unset"
+            )
+        if config.pooled == "negative" and self.negative_rows is None:
+            offered = ", ".join(f.name for f in registered_families().values() if f.negative_rows is not None)
+            raise ValueError(
+                f"pooled='negative' is not implemented for the {self.name} family (only pooled='prompt'); it is "
+                f"for: {offered}"
+            )
+        return config.pooled
 
     def preset_for(self, pipe: Any) -> str:
         """The presets-table row for this pipeline (some families pick it from the model's config)."""

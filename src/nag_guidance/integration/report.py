@@ -39,7 +39,8 @@ class NAGReport:
             return f"NAG ({self.family}): no effect — " + "; ".join(self.warnings)
         cfg = self.config
         text = (
-            f"NAG ({self.family}) scale={cfg.scale:g} tau={cfg.tau:g} alpha={cfg.alpha:g}: "
+            f"NAG ({self.family}) scale={cfg.scale:g} tau={cfg.tau:g} alpha={cfg.alpha:g}"
+            f"{' pooled=' + cfg.pooled if cfg.pooled else ''}: "
             f"{self.layers_guided} layers, {self.steps_guided}/{self.steps_total} steps, "
             f"mean r={self.mean_ratio:.3f}, clipped {100 * self.clipped_fraction:.1f}% of tokens"
         )

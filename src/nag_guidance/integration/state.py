@@ -73,11 +73,13 @@ def schedule_of(scheduler: Any) -> Schedule:
 class NegativeText:
     """The encoded NAG negative as the denoiser will see it.
 
-    ``embeds``: (n, L, D) with n = 1 or the number of prompts; ``mask``: (n, L) with 1 = real token, or None.
+    ``embeds``: (n, L, D) with n = 1 or the number of prompts; ``mask``: (n, L) with 1 = real token, or None;
+    ``pooled``: (n, P), the negative's pooled text vector, where the family has one (for ``pooled="negative"``).
     """
 
     embeds: torch.Tensor
     mask: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
 
     def rows(self, count: int, *, device: torch.device, dtype: torch.dtype) -> NegativeText:
         """The negative repeated to ``count`` rows, on ``device``/``dtype`` (masks keep their dtype).
@@ -95,7 +97,7 @@ class NegativeText:
             t = t.to(device=device, dtype=dtype if cast and t.is_floating_point() else t.dtype)
             return t.repeat_interleave(count // n, dim=0) if count != n else t
 
-        return NegativeText(expand(self.embeds, True), expand(self.mask, False))
+        return NegativeText(expand(self.embeds, True), expand(self.mask, False), expand(self.pooled, True))
 
 
 @dataclass
@@ -105,7 +107,9 @@ class ForwardPlan:
     ``rows``: the conditional batch rows; ``text_length`` / ``negative_length``: token counts of the prompt's and
     the negative's text as they entered the denoiser (the negative follows the prompt on the sequence axis).
     ``text_key_masks``: (prompt, negative) text masks for the guided joint attention, where the family knows the
-    text padding better than the model's joint mask. ``family``: the family module's own per-forward values
+    text padding better than the model's joint mask. ``negative_rows``: the negative branch runs on rows of its
+    own, batch..2·batch of the text stream (``pooled="negative"``, see ``NegativeRows``), and ``text_length`` is
+    then the common length both texts were padded to. ``family``: the family module's own per-forward values
     (its dataclass, set by its hooks).
     """
 
@@ -114,6 +118,7 @@ class ForwardPlan:
     text_length: int = 0
     negative_length: int = 0
     text_key_masks: tuple[torch.Tensor, torch.Tensor] | None = None
+    negative_rows: bool = False
     family: Any = None
 
 

@@ -197,4 +197,5 @@ HIDREAM = Family(
     timestep_arg="timesteps",
     attention=("attn1",),
     layout=JointLayout("sdpa", text_first=False),
+    pooled_arg="pooled_embeds",
 )

@@ -56,4 +56,5 @@ HUNYUAN_VIDEO = Family(
     attention=("transformer_blocks.*.attn", "single_transformer_blocks.*.attn"),  # not the token refiner
     layout=JointLayout("dispatch", text_first=False),
     extend_inputs=extend_inputs,
+    pooled_arg="pooled_projections",
 )

@@ -19,4 +19,5 @@ SD3 = Family(
     mask_arg=None,
     attention=("attn",),
     layout=JointLayout("sdpa", text_first=False),
+    pooled_arg="pooled_projections",
 )

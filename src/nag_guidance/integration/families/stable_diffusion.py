@@ -32,4 +32,5 @@ SDXL = Family(
     preset="sdxl",
     encode_returns=("embeds", "uncond", "pooled", "uncond_pooled"),
     denoisers=("unet",),
+    pooled_arg="added_cond_kwargs['text_embeds']",
 )
