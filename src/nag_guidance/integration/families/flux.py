@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 import torch.nn.functional as F
 
 from nag_guidance.integration import joint_attention
