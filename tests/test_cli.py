@@ -39,6 +39,14 @@ def test_generate_grid_writes_pngs_with_their_parameters(tmp_path):
         assert grid.width == 3 * 256  # stock | CFG | NAG
 
 
+def test_tiny_flux_with_the_negatives_pooled_vector(tmp_path):
+    arguments = ["generate", "a circle", "-n", "red", "--model", "tiny-flux", "--steps", "1", "--pooled", "negative"]
+    result = runner.invoke(app, [*arguments, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(tmp_path / "nag-00000.png")
+    assert meta["model"] == "tiny-flux" and meta["nag"]["pooled"] == "negative"
+
+
 def test_same_seed_same_image(tmp_path):
     for folder in ("a", "b"):
         result = runner.invoke(
@@ -70,6 +78,11 @@ def test_user_errors_are_one_clear_line(tmp_path):
             "the shipped models are embedded, tiny, tiny-flux",
         ),
         (["generate", "--out", str(tmp_path)], "give a prompt"),
+        (
+            ["generate", "a circle", "-n", "red", "--pooled", "negative", "--grid", "--out", str(tmp_path)],
+            "the sd denoiser takes no pooled text vector",
+        ),
+        (["generate", "a circle", "-n", "red", "--pooled", "both", "--out", str(tmp_path)], "pooled='both' is invalid"),
         (["generate", "a circle", "--dtype", "float8", "--out", str(tmp_path)], "dtype='float8' is unknown"),
         (["ui", "--dtype", "float8", "--out", str(tmp_path / "ui")], "dtype='float8' is unknown"),
     ]

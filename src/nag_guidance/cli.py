@@ -139,6 +139,10 @@ def generate(
     window: Annotated[
         str | None, Opt(help="Units of --start/--end: schedule (the NAG authors', default) or steps.")
     ] = None,
+    pooled: Annotated[
+        str | None,
+        Opt(help="Flux / Kontext: whose pooled vector modulates the negative branch, prompt (default) or negative."),
+    ] = None,
     preset: Annotated[str | None, Opt(help="Row of the presets table (see `nag presets`).")] = None,
     guidance: Annotated[
         float | None, Opt(help="The model's own guidance scale, finite, ≥ 0 (default: its preset).")
@@ -157,7 +161,8 @@ def generate(
 
     settings = dict(
         negative=negative, steps=steps, num_images=num_images, seed=seed, scale=scale, tau=tau, alpha=alpha,
-        start=start, end=end, window=window, guidance=guidance, cfg_scale=cfg_scale, height=height, width=width,
+        start=start, end=end, window=window, pooled=pooled, guidance=guidance, cfg_scale=cfg_scale, height=height,
+        width=width,
     )  # fmt: skip
     if prompts is not None:
         if prompt is not None or grid:
@@ -253,7 +258,10 @@ def evaluate(
     seeds: Annotated[int, Opt(help="Samples per prompt/negative pair and condition.", min=1, max=1000)] = 32,
     docs: Annotated[Path | None, Opt(help="Also write the results page and figures into this folder.")] = None,
     device: Annotated[str, Opt(help="torch device.")] = "cpu",
-    model: Annotated[str | None, Opt(help="Evaluate this diffusers model instead (needs --clip-model).")] = None,
+    model: Annotated[
+        str | None,
+        Opt(help="tiny (default) or tiny-flux: an embedded model; else a diffusers model (needs --clip-model)."),
+    ] = None,
     clip_model: Annotated[Path | None, Opt(help="Local CLIP checkpoint folder for --model scores.")] = None,
     pairs: Annotated[Path | None, Opt(help="File of 'prompt<TAB>negative' lines for --model.")] = None,
     steps: Annotated[
@@ -272,7 +280,10 @@ def evaluate(
         if docs is not None:
             generation.check_output_folder(docs, "--docs")
     quiet_model_loading()
-    if model is not None or clip_model is not None:
+    from nag_guidance.tiny.loading import MODELS
+
+    embedded = model or "tiny"
+    if embedded not in MODELS or clip_model is not None:
         _user_eval(model, clip_model, pairs, out, seeds, device, steps)
         return
 
@@ -281,7 +292,7 @@ def evaluate(
     with user_errors(), _progress() as bar:
         task = bar.add_task("eval", total=None)
         records = runner.run(
-            out, quick=quick, kinds=kind_list, seeds=seeds, device=device,
+            out, quick=quick, kinds=kind_list, seeds=seeds, device=device, model=embedded,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )  # fmt: skip
     from nag_guidance.batch import process_state
@@ -291,16 +302,17 @@ def evaluate(
     records = runner.with_suppression(records)
     report.write_tables(records, out)
     figures_dir = docs if docs is not None else out
-    figures = {"suppression vs fidelity": "eval-suppression-fidelity.png"}
+    prefix = "" if embedded == "tiny" else f"{embedded}-"  # both models' pages can live in one docs folder
+    figures = {"suppression vs fidelity": f"{prefix}eval-suppression-fidelity.png"}
     report.plot(records, figures_dir / figures["suppression vs fidelity"])
     for unet, steps in sorted({(r["condition"]["unet"], r["condition"]["steps"]) for r in records}):
-        name = f"eval-grid-{unet}-{steps}.png"
+        name = f"{prefix}eval-grid-{unet}-{steps}.png"
         report.image_grid(records, out / "samples", figures_dir / name, unet, steps, kind_list[0])
         figures[f"{kind_list[0]}: {unet}, {steps} steps"] = name
     page = report.markdown(records, _command_line(ctx), figures)
     (out / "results.md").write_text(page, encoding="utf-8")
     if docs is not None:
-        (docs / "results.md").write_text(page, encoding="utf-8")
+        (docs / f"{prefix}results.md").write_text(page, encoding="utf-8")
     console.print(f"{len(records)} condition(s) measured; tables in {out}/results.csv and results.md")
 
 

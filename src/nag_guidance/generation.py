@@ -86,6 +86,7 @@ class Request:
     start: float | None = None
     end: float | None = None
     window: str | None = None
+    pooled: str | None = None
 
     def __post_init__(self) -> None:
         check_text("prompt", self.prompt)
@@ -121,7 +122,13 @@ class Request:
     def nag_overrides(self, config: NAGConfig) -> NAGConfig:
         """``config`` with this request's NAG settings (validated)."""
         return config.with_overrides(
-            scale=self.scale, tau=self.tau, alpha=self.alpha, start=self.start, end=self.end, window=self.window
+            scale=self.scale,
+            tau=self.tau,
+            alpha=self.alpha,
+            start=self.start,
+            end=self.end,
+            window=self.window,
+            pooled=self.pooled,
         )
 
 
@@ -279,6 +286,10 @@ def run(model: Model, request: Request, method: str, progress: Callable[[int, in
         raise ValueError(f"method={method!r} is unknown; allowed: {', '.join(METHODS)}")
     if method != "stock" and not request.negative:
         raise ValueError(f"method {method!r} needs a negative prompt")
+    from nag_guidance.integration import defaults as nag_defaults
+
+    config = request.nag_overrides(nag_defaults(model.pipe))
+    _family(model).pooled_for(config)  # whatever the method: a --grid fails before its first image
     pipe, preset = model.pipe, model.preset
     steps = request.steps or preset.steps or 25
     guidance = request.guidance if request.guidance is not None else preset.guidance_scale
@@ -297,9 +308,6 @@ def run(model: Model, request: Request, method: str, progress: Callable[[int, in
         guidance = _default(pipe, "guidance_scale")
     if guidance is not None:
         kwargs["guidance_scale"] = guidance
-    from nag_guidance.integration import defaults as nag_defaults
-
-    config = request.nag_overrides(nag_defaults(model.pipe))
     if method == "cfg":
         argument = _family(model).cfg_argument
         if argument is None:
@@ -315,6 +323,7 @@ def run(model: Model, request: Request, method: str, progress: Callable[[int, in
             nag_start=config.start,
             nag_end=config.end,
             nag_window=config.window,
+            nag_pooled=config.pooled,
         )
     if progress is not None and _accepts(pipe, "callback_on_step_end"):
         kwargs["callback_on_step_end"] = _step_callback(progress, steps)

@@ -34,12 +34,13 @@ def test_quick_bench_writes_the_json_and_the_page(tmp_path):
     assert [(row["family"], row["kind"]) for row in rows] == [("sd", "tiny"), ("sd3", "tiny"), ("flux", "tiny")]
     for row in rows:
         conditions = row["conditions"]
-        assert set(conditions) == {"none", "cfg", "nag", "nag_end_0.5", "nag_end_0.25"}
+        pooled = {"nag_pooled_negative"} if row["family"] == "flux" else set()  # only Flux offers it
+        assert set(conditions) == {"none", "cfg", "nag", "nag_end_0.5", "nag_end_0.25"} | pooled
         for name, condition in conditions.items():
             assert condition["median_ms_per_step"] > 0 and condition["peak_mib"] >= 0
             assert len(condition["ratios"]) == row["repeats"] and all(r > 0 for r in condition["ratios"])
             assert math.isfinite(condition["median_ratio"]) and condition["median_ratio"] > 0
-            assert ("nag_steps" in condition) == (name in NAG_CONDITIONS)
+            assert ("nag_steps" in condition) == (name in NAG_CONDITIONS or name in pooled)
         # the windows are fractions of the schedule: ending earlier guides fewer steps, never none of 4
         guided = [int(conditions[name]["nag_steps"].split("/")[0]) for name in NAG_CONDITIONS]
         assert conditions["nag"]["nag_steps"] == "4/4" and 4 > guided[1] >= guided[2] > 0, guided
@@ -48,6 +49,9 @@ def test_quick_bench_writes_the_json_and_the_page(tmp_path):
         none_rows = conditions["none"]["rows_per_step"]
         assert conditions["cfg"]["rows_per_step"] == 2 * none_rows
         assert conditions["nag"]["rows_per_step"] == none_rows
+        if pooled:  # the same image rows in; the negative's rows are made inside the transformer
+            assert conditions["nag_pooled_negative"]["rows_per_step"] == none_rows
+            assert conditions["nag_pooled_negative"]["nag_steps"] == "4/4"
     assert "| sd3 |" in page and "## The combine operator alone" in page and "## Headline" not in page
 
 

@@ -10,8 +10,14 @@ TARGETS = {"flux": 1.45, "sd3": 1.30}
 
 HEADLINE_NAMES = {"flux": "FLUX.1 (`flux`)", "sd3": "SD3.5 (`sd3`)"}
 
-COLUMNS = ("cfg", "nag", "nag_end_0.5", "nag_end_0.25")
-TITLES = {"cfg": "CFG", "nag": "NAG", "nag_end_0.5": "NAG, end 0.5", "nag_end_0.25": "NAG, end 0.25"}
+COLUMNS = ("cfg", "nag", "nag_end_0.5", "nag_end_0.25", "nag_pooled_negative")
+TITLES = {
+    "cfg": "CFG",
+    "nag": "NAG",
+    "nag_end_0.5": "NAG, end 0.5",
+    "nag_end_0.25": "NAG, end 0.25",
+    "nag_pooled_negative": "NAG, pooled negative",
+}
 
 
 NOISY = 1.25

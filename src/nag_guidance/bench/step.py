@@ -32,16 +32,22 @@ CONDITIONS: dict[str, str] = {
     "nag": "NAG over every step",
     "nag_end_0.5": "NAG over the first half of the schedule (nag_end 0.5)",
     "nag_end_0.25": "NAG over the first quarter of the schedule (nag_end 0.25)",
+    "nag_pooled_negative": "NAG over every step, pooled='negative' (the authors' Flux method; Flux family only)",
 }
 
 
 def condition_kwargs(family: Family, condition: str) -> dict[str, Any] | None:
     """The call arguments of a condition; None when the family's pipelines have no CFG with a negative prompt.
-    NAG gets its preset's scale, τ and α, and an explicit window (a preset may end early)."""
+    NAG gets its preset's scale, τ and α, and an explicit window (a preset may end early); None also for
+    ``pooled="negative"`` where the family does not offer it."""
     if condition == "none":
         return {}
     if condition == "cfg":
         return None if family.cfg_argument is None else {family.cfg_argument: CFG_SCALE, "negative_prompt": NEGATIVE}
+    if condition == "nag_pooled_negative":
+        if family.negative_rows is None:
+            return None
+        return {"nag_negative_prompt": NEGATIVE, "nag_start": 0.0, "nag_end": 1.0, "nag_pooled": "negative"}
     end = {"nag": 1.0, "nag_end_0.5": 0.5, "nag_end_0.25": 0.25}[condition]
     return {"nag_negative_prompt": NEGATIVE, "nag_start": 0.0, "nag_end": end}
 

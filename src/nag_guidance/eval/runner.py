@@ -12,7 +12,7 @@ from PIL import Image
 
 from nag_guidance import batch
 from nag_guidance.eval import metrics
-from nag_guidance.eval.suite import ATTRIBUTE, KINDS, Condition, Pair, conditions, pairs
+from nag_guidance.eval.suite import ATTRIBUTE, KINDS, Condition, Pair, conditions, flux_conditions, pairs
 from nag_guidance.tiny import data
 
 SAMPLE_SEEDS = 8  # images kept per item (first pair) for the grids
@@ -44,27 +44,36 @@ class Evaluator:
         self.net = tiny.load_feature_net()
         self._real: dict[tuple, np.ndarray] = {}
 
-    def pipe(self, unet: str):
-        if unet not in self.pipes:
+    def pipe(self, model: str, unet: str):
+        key = f"{model}/{unet}"
+        if key not in self.pipes:
             import nag_guidance as nag
             from nag_guidance import tiny
 
-            self.pipes[unet] = nag.apply(tiny.load_pipeline(device=self.device, unet=unet), preset="tiny")
-        return self.pipes[unet]
+            self.pipes[key] = nag.apply(tiny.load_pipeline(device=self.device, unet=unet, model=model))
+        return self.pipes[key]
 
     def images(self, condition: Condition, prompts: list[str], negatives: list[str], seeds: list[int]) -> np.ndarray:
         import torch
 
-        pipe = self.pipe(condition.unet)
+        from nag_guidance.tiny.loading import FLUX_MAX_SEQUENCE_LENGTH
+
+        pipe = self.pipe(condition.model, condition.unet)
+        flux = condition.model == "tiny-flux"
         parts = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = slice(start, start + self.batch_size)
             kwargs: dict[str, Any] = {
                 "num_inference_steps": condition.steps,
-                "guidance_scale": condition.cfg_scale or 0.0,
                 "generator": [torch.Generator().manual_seed(s) for s in seeds[chunk]],
                 "output_type": "np",
             }
+            if flux:  # 32 px, the trained T5 length; its CFG is true CFG
+                size = data.IMAGE_SIZE
+                kwargs.update(height=size, width=size, max_sequence_length=FLUX_MAX_SEQUENCE_LENGTH)
+                kwargs["true_cfg_scale"] = condition.cfg_scale or 1.0
+            else:
+                kwargs["guidance_scale"] = condition.cfg_scale or 0.0
             if condition.method in ("cfg", "nag+cfg"):
                 kwargs["negative_prompt"] = negatives[chunk]
             if condition.method in ("nag", "nag+cfg"):
@@ -75,6 +84,7 @@ class Evaluator:
                     nag_alpha=condition.alpha,
                     nag_start=0.0,
                     nag_end=1.0,
+                    nag_pooled=condition.pooled,
                 )
             out = pipe(prompts[chunk], **kwargs).images
             parts.append(np.round(np.asarray(out) * 255).clip(0, 255).astype(np.uint8))
@@ -128,9 +138,10 @@ class Evaluator:
         return result, images
 
 
-def items(quick: bool, kinds: tuple[str, ...], seeds: int) -> list[batch.Item]:
+def items(quick: bool, kinds: tuple[str, ...], seeds: int, model: str = "tiny") -> list[batch.Item]:
     """One item per (condition, kind); the 25-step teacher only on the first kind (it costs ~6x per item)."""
-    chosen = [(c, k) for c in conditions(quick) for k in kinds if c.unet == "student" or k == kinds[0]]
+    suite = flux_conditions(quick) if model == "tiny-flux" else conditions(quick)
+    chosen = [(c, k) for c in suite for k in kinds if c.unet == "student" or k == kinds[0]]
     return [
         batch.Item(i, {"condition": c.as_dict(), "kind": kind, "seeds": seeds, "quick": quick})
         for i, (c, kind) in enumerate(chosen)
@@ -144,8 +155,9 @@ def run(
     seeds: int = 32,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    model: str = "tiny",
 ) -> list[dict]:
-    """Run (or resume) the evaluation into ``out``; returns every item's record, ordered."""
+    """Run (or resume) the evaluation of embedded ``model`` into ``out``; returns every item's record, ordered."""
     evaluator = Evaluator(device=device)
     (out / "samples").mkdir(parents=True, exist_ok=True)
 
@@ -160,22 +172,21 @@ def run(
         return {"condition": item.payload["condition"], "result": result, "sample": sample.name,
                 "pair": {"prompt": suite[0].prompt, "negative": suite[0].negative}}  # fmt: skip
 
-    todo = items(quick, kinds, seeds)
+    todo = items(quick, kinds, seeds, model)
     batch.run_items(todo, out, work, progress=progress, device=device)
     return batch.read_manifest(out, {item.key for item in todo})
 
 
 def with_suppression(records: list[dict]) -> list[dict]:
     """Add each record's suppression relative to the "none" condition of the same model, steps and kind."""
-    baseline = {
-        (r["condition"]["unet"], r["condition"]["steps"], r["result"]["kind"]): r["result"]["negative_rate"]
-        for r in records
-        if r["condition"]["method"] == "none"
-    }
+    def key(r: dict) -> tuple:
+        c = r["condition"]
+        return c.get("model", "tiny"), c["unet"], c["steps"], r["result"]["kind"]
+
+    baseline = {key(r): r["result"]["negative_rate"] for r in records if r["condition"]["method"] == "none"}
     out = []
     for r in records:
-        key = (r["condition"]["unet"], r["condition"]["steps"], r["result"]["kind"])
-        base = baseline.get(key)
+        base = baseline.get(key(r))
         value = None if base is None else metrics.suppression(r["result"]["negative_rate"], base)
         out.append({**r, "result": {**r["result"], "suppression": value, "baseline_rate": base}})
     return out

@@ -52,7 +52,8 @@ def pairs(kinds: tuple[str, ...] = KINDS, quick: bool = False) -> list[Pair]:
 
 @dataclass(frozen=True)
 class Condition:
-    """One way of generating: method, step count, model (student / teacher) and guidance parameters."""
+    """One way of generating: method, step count, embedded model and its denoiser (student / teacher), and the
+    guidance parameters (``pooled``: NAG's pooled choice, tiny-flux only; CFG on tiny-flux is true CFG)."""
 
     method: str  # "none", "cfg", "nag" or "nag+cfg"
     steps: int
@@ -61,6 +62,8 @@ class Condition:
     scale: float | None = None
     tau: float | None = None
     alpha: float | None = None
+    model: str = "tiny"
+    pooled: str | None = None
 
     @property
     def label(self) -> str:
@@ -70,6 +73,8 @@ class Condition:
         if self.scale is not None:
             tau = "inf" if math.isinf(self.tau) else f"{self.tau:g}"
             parts.append(f"s={self.scale:g} τ={tau} α={self.alpha:g}")
+        if self.pooled is not None:
+            parts.append(f"pooled={self.pooled}")
         return " ".join(parts)
 
     def as_dict(self) -> dict:
@@ -88,6 +93,23 @@ def _one_at_a_time(centre: tuple[float, float, float]) -> set[tuple[float, float
     points |= {(s, tau, a) for tau in (2.5, 5.0, t, math.inf)}
     points |= {(s, t, alpha) for alpha in (0.25, a, 1.0)}
     return points
+
+
+def flux_conditions(quick: bool = False) -> list[Condition]:
+    """tiny-flux (student): none, true CFG, and NAG at the model's preset with the prompt's and with the
+    negative's pooled vector, at 1, 2 and 4 steps (quick: 1 step, no CFG)."""
+    from nag_guidance.integration.registry import registered_families
+
+    # tiny-flux has no preset of its own yet: the flux family's rule for a model without guidance embeds
+    config = get_preset(registered_families()["flux"].preset_for(None)).config
+    nag = dict(scale=config.scale, tau=config.tau, alpha=config.alpha, model="tiny-flux")
+    result = []
+    for steps in (1,) if quick else (1, 2, 4):
+        result.append(Condition("none", steps, model="tiny-flux"))
+        if not quick:
+            result.append(Condition("cfg", steps, cfg_scale=3.0, model="tiny-flux"))
+        result += [Condition("nag", steps, pooled=pooled, **nag) for pooled in ("prompt", "negative")]
+    return result
 
 
 def conditions(quick: bool = False) -> list[Condition]:
