@@ -179,6 +179,7 @@ def run(
 
 def with_suppression(records: list[dict]) -> list[dict]:
     """Add each record's suppression relative to the "none" condition of the same model, steps and kind."""
+
     def key(r: dict) -> tuple:
         c = r["condition"]
         return c.get("model", "tiny"), c["unet"], c["steps"], r["result"]["kind"]
