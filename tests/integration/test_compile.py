@@ -17,9 +17,13 @@ BY_ID = {case.id: case for case in [*CASES, *JOINT_CASES]}
 NAG = {"nag_negative_prompt": "blue", "nag_scale": 5.0, "nag_tau": 2.5, "nag_alpha": 0.5}
 
 
-def _run(pipe, case, steps: int) -> torch.Tensor:
+def _run(pipe, case, steps: int, **nag_args) -> torch.Tensor:
     out = pipe(
-        prompt="a red car", generator=torch.Generator().manual_seed(0), **case.kwargs(num_inference_steps=steps), **NAG
+        prompt="a red car",
+        generator=torch.Generator().manual_seed(0),
+        **case.kwargs(num_inference_steps=steps),
+        **NAG,
+        **nag_args,
     )
     return first_tensor(out[0])
 
@@ -37,24 +41,26 @@ def _compile(pipe, case, mode: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("case_id", "mode"),
+    ("case_id", "mode", "pooled"),
     [
-        ("sd15", "whole"),
-        ("sd15", "regional"),
-        ("wan21-t2v", "regional"),
-        ("flux", "whole"),
-        ("flux", "regional"),
-        ("qwen-image", "regional"),
+        ("sd15", "whole", None),
+        ("sd15", "regional", None),
+        ("wan21-t2v", "regional", None),
+        ("flux", "whole", None),
+        ("flux", "regional", None),
+        ("flux", "whole", "negative"),
+        ("flux", "regional", "negative"),
+        ("qwen-image", "regional", None),
     ],
 )
-def test_compiled_denoiser_matches_eager_and_never_recompiles(case_id: str, mode: str) -> None:
+def test_compiled_denoiser_matches_eager_and_never_recompiles(case_id: str, mode: str, pooled: str | None) -> None:
     torch._dynamo.reset()
     case = BY_ID[case_id]
-    pipe = nag.apply(case.make())
+    pipe = nag.apply(case.make(), pooled=pooled)
     eager = _run(pipe, case, steps=2)
     _compile(pipe, case, mode)
     compiled = _run(pipe, case, steps=2)
-    assert pipe.nag_report.active
+    assert pipe.nag_report.active and pipe.nag_report.config.pooled in (pooled, None if pooled else "prompt")
     assert relative_diff(compiled, eager) < 1e-4
     counters.clear()
     again = _run(pipe, case, steps=4)
