@@ -33,3 +33,18 @@ def test_quick_eval_writes_every_output(tmp_path):
     again = CliRunner().invoke(app, ["eval", "--quick", "--seeds", "2", "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert len((out / "manifest.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_quick_eval_of_tiny_flux_compares_both_pooled_vectors(tmp_path):
+    out, docs = tmp_path / "run", tmp_path / "docs"
+    docs.mkdir()
+    arguments = ["eval", "--model", "tiny-flux", "--quick", "--seeds", "2", "--out", str(out), "--docs", str(docs)]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "results.json").read_text())
+    assert {r["condition"]["model"] for r in records} == {"tiny-flux"}
+    assert sorted(str(r["condition"]["pooled"]) for r in records) == ["None", "negative", "prompt"]
+    page = (docs / "tiny-flux-results.md").read_text()
+    assert page.startswith("# Results: NAG vs CFG vs nothing on the embedded `tiny-flux` model")
+    assert "pooled=negative" in page and not (docs / "results.md").exists()
+    assert (docs / "tiny-flux-eval-grid-student-1.png").stat().st_size > 0
