@@ -83,12 +83,27 @@ class Evaluator:
                     nag_tau=condition.tau,
                     nag_alpha=condition.alpha,
                     nag_start=0.0,
-                    nag_end=1.0,
+                    nag_end=condition.end,
                     nag_pooled=condition.pooled,
                 )
-            out = pipe(prompts[chunk], **kwargs).images
+            if condition.method == "vsf":
+                out = self._vsf_images(condition, prompts[chunk], negatives[chunk], kwargs)
+            else:
+                out = pipe(prompts[chunk], **kwargs).images
             parts.append(np.round(np.asarray(out) * 255).clip(0, 255).astype(np.uint8))
         return np.concatenate(parts)
+
+    def _vsf_images(self, condition: Condition, prompts: list[str], negatives: list[str], kwargs: dict) -> Any:
+        """VSF in place of the text-attention processors (NAG's, inert in a call without a NAG negative), which
+        it puts back after the call."""
+        from nag_guidance.eval.vsf import apply_vsf, negative_token_mask
+
+        if condition.model != "tiny":
+            raise ValueError("VSF is implemented for the cross-attention model (tiny) only")
+        pipe = self.pipe(condition.model, condition.unet)
+        embeds = pipe.encode_prompt(negatives, pipe.device, 1, False)[0]
+        with apply_vsf(pipe, embeds, condition.scale, negative_token_mask(pipe, negatives)):
+            return pipe(prompts, **kwargs).images
 
     def real_features(self, kind: str, suite: list[Pair], seeds: int) -> np.ndarray:
         from nag_guidance.tiny.features import extract_features

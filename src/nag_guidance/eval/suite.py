@@ -55,7 +55,7 @@ class Condition:
     """One way of generating: method, step count, embedded model and its denoiser (student / teacher), and the
     guidance parameters (``pooled``: NAG's pooled choice, tiny-flux only; CFG on tiny-flux is true CFG)."""
 
-    method: str  # "none", "cfg", "nag" or "nag+cfg"
+    method: str  # "none", "cfg", "nag", "nag+cfg" or "vsf" (``scale`` is VSF's value scale)
     steps: int
     unet: str = "student"
     cfg_scale: float | None = None
@@ -64,15 +64,20 @@ class Condition:
     alpha: float | None = None
     model: str = "tiny"
     pooled: str | None = None
+    end: float = 1.0  # NAG's window end (a fraction of the schedule)
 
     @property
     def label(self) -> str:
         parts = [self.method]
         if self.cfg_scale is not None:
             parts.append(f"w={self.cfg_scale:g}")
-        if self.scale is not None:
+        if self.method == "vsf":
+            parts.append(f"s={self.scale:g}")
+        elif self.scale is not None:
             tau = "inf" if math.isinf(self.tau) else f"{self.tau:g}"
             parts.append(f"s={self.scale:g} τ={tau} α={self.alpha:g}")
+        if self.end < 1.0:
+            parts.append(f"end={self.end:g}")
         if self.pooled is not None:
             parts.append(f"pooled={self.pooled}")
         return " ".join(parts)
