@@ -253,7 +253,10 @@ def evaluate(
     out: Annotated[Path, Opt(help="Run folder (resumable: finished items are skipped).")] = Path("runs/eval"),
     kinds: Annotated[
         str | None,
-        Opt(help="Comma-separated pair kinds: colour, shape, background, colour-bg (default: all; quick: colour)."),
+        Opt(
+            help="Comma-separated pair kinds: colour, shape, background, colour-bg (the sweeps' core kinds), multi, "
+            "conjunctive, contrast, empty (default: all; quick: colour)."
+        ),
     ] = None,
     seeds: Annotated[int, Opt(help="Samples per prompt/negative pair and condition.", min=1, max=1000)] = 32,
     docs: Annotated[Path | None, Opt(help="Also write the results page and figures into this folder.")] = None,
@@ -272,7 +275,7 @@ def evaluate(
     your --model with local CLIP scores."""
     from nag_guidance import generation
     from nag_guidance.eval import report, runner
-    from nag_guidance.eval.suite import KINDS
+    from nag_guidance.eval.suite import ALL_KINDS
 
     with user_errors():
         generation.check_device(device)
@@ -287,7 +290,7 @@ def evaluate(
         _user_eval(model, clip_model, pairs, out, seeds, device, steps)
         return
 
-    kinds = kinds or ("colour" if quick else ",".join(KINDS))
+    kinds = kinds or ("colour" if quick else ",".join(ALL_KINDS))
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     with user_errors(), _progress() as bar:
         task = bar.add_task("eval", total=None)

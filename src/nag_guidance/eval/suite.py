@@ -10,43 +10,100 @@ from nag_guidance.config import get_preset
 from nag_guidance.tiny import data
 
 KINDS = ("colour", "shape", "background", "colour-bg")
-ATTRIBUTE = {"colour": "colour", "shape": "shape", "background": "background", "colour-bg": "colour"}
-"""The procedural attribute each kind's negative names. ``colour-bg`` is ``colour`` with the background given in
-the prompt: a longer, more specific prompt, as in the main job's "a circle on a white background" − "red"."""
+"""The core kinds: the negative names one value of an attribute the prompt leaves open (the parameter sweeps run
+on these)."""
+BROAD_KINDS = ("multi", "conjunctive", "contrast", "empty")
+"""Harder and odder cases, for the method comparison: a negative of several values ("red, blue, green"), a
+conjunctive one ("red circle": both at once), one contrasting with what the prompt fixes ("a red circle" −
+"blue": nothing to remove, the prompt must survive), and the empty prompt ("" − "red")."""
+ALL_KINDS = KINDS + BROAD_KINDS
+ATTRIBUTE = {
+    "colour": "colour",
+    "shape": "shape",
+    "background": "background",
+    "colour-bg": "colour",
+    "multi": "colour",
+    "conjunctive": "colour",
+    "contrast": "colour",
+    "empty": "colour",
+}
+"""The attribute whose read-out distribution a kind reports (entropy). ``colour-bg`` is ``colour`` with the
+background given in the prompt: a longer, more specific prompt, as in the main job's "a circle on a white
+background" − "red"."""
 
 
 @dataclass(frozen=True)
 class Pair:
-    """A prompt and a negative naming one value of an attribute the prompt leaves open."""
+    """A prompt and a negative; ``avoid`` says what showing the negative means: every (attribute, values) entry
+    reads one of its values (one entry with one value for the core kinds)."""
 
-    kind: str  # one of KINDS; ATTRIBUTE[kind] is the attribute the negative names
+    kind: str  # one of ALL_KINDS
     prompt: str
     negative: str
     target: data.Spec  # what the prompt asks for (adherence)
-    value: str  # the attribute value the negative names
+    avoid: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def shows_negative(self, sample: data.Sample) -> bool:
+        return all(getattr(sample, attribute) in values for attribute, values in self.avoid)
+
+
+def _pair(kind: str, prompt: str, negative: str, target: data.Spec, **avoid: str | tuple[str, ...]) -> Pair:
+    entries = tuple((name, (v,) if isinstance(v, str) else v) for name, v in avoid.items())
+    return Pair(kind, prompt, negative, target, entries)
 
 
 def pairs(kinds: tuple[str, ...] = KINDS, quick: bool = False) -> list[Pair]:
     """Every pair of the suite, in a fixed order. Colour: "a circle" − "red"; shape: "a red shape" − "circle";
     background: "a circle" − "blue background"; colour-bg: "a circle on a white background" − "red" (a fixed
-    background per pair, never the negative's colour)."""
-    unknown = set(kinds) - set(KINDS)
+    background per pair, never the negative's colour); multi: "a circle" − "red, blue, green"; conjunctive:
+    "white background" − "red circle"; contrast: "a red circle" − "blue"; empty: "" − "red"."""
+    unknown = set(kinds) - set(ALL_KINDS)
     if unknown:
-        raise ValueError(f"unknown kinds {sorted(unknown)}; allowed: {', '.join(KINDS)}")
+        raise ValueError(f"unknown kinds {sorted(unknown)}; allowed: {', '.join(ALL_KINDS)}")
     shapes, colours = (data.SHAPES[:1], data.COLOURS[:4]) if quick else (data.SHAPES, data.COLOURS)
+    palette = data.COLOURS
+
+    def shifted(colour: str, by: int) -> str:
+        return palette[(palette.index(colour) + by) % len(palette)]
+
     result = []
     for kind in kinds:
         if kind == "colour":
-            result += [Pair(kind, f"a {s}", c, data.Spec(shape=s), c) for s in shapes for c in colours]
+            result += [_pair(kind, f"a {s}", c, data.Spec(shape=s), colour=c) for s in shapes for c in colours]
         elif kind == "shape":
-            result += [Pair(kind, f"a {c} shape", s, data.Spec(colour=c), s) for c in colours for s in data.SHAPES]
+            result += [
+                _pair(kind, f"a {c} shape", s, data.Spec(colour=c), shape=s) for c in colours for s in data.SHAPES
+            ]
         elif kind == "colour-bg":
             for i, s in enumerate(shapes):
                 for c in colours:
-                    b = data.COLOURS[(data.COLOURS.index(c) + 6 - 2 * i) % len(data.COLOURS)]
-                    result.append(Pair(kind, f"a {s} on a {b} background", c, data.Spec(shape=s, background=b), c))
-        else:
-            result += [Pair(kind, f"a {s}", f"{c} background", data.Spec(shape=s), c) for s in shapes for c in colours]
+                    b = shifted(c, 6 - 2 * i)
+                    target = data.Spec(shape=s, background=b)
+                    result.append(_pair(kind, f"a {s} on a {b} background", c, target, colour=c))
+        elif kind == "background":
+            result += [
+                _pair(kind, f"a {s}", f"{c} background", data.Spec(shape=s), background=c)
+                for s in shapes
+                for c in colours
+            ]
+        elif kind == "multi":
+            for s in shapes:
+                for c in colours:
+                    three = (c, shifted(c, 1), shifted(c, 2))
+                    result.append(_pair(kind, f"a {s}", ", ".join(three), data.Spec(shape=s), colour=three))
+        elif kind == "conjunctive":
+            for i, s in enumerate(shapes):
+                for c in colours:
+                    b = shifted(c, 5 + i)
+                    prompt, target = f"{b} background", data.Spec(background=b)
+                    result.append(_pair(kind, prompt, f"{c} {s}", target, colour=c, shape=s))
+        elif kind == "contrast":
+            for s in shapes:
+                for c in colours:
+                    other = shifted(c, 3)
+                    result.append(_pair(kind, f"a {c} {s}", other, data.Spec(shape=s, colour=c), colour=other))
+        else:  # empty
+            result += [_pair(kind, "", c, data.Spec(), colour=c) for c in colours]
     return result
 
 
@@ -117,10 +174,30 @@ def flux_conditions(quick: bool = False) -> list[Condition]:
     return result
 
 
+VSF_SCALE = 0.5
+"""VSF's value scale on the embedded UNet model (the paper gives none for UNets; chosen by `nag eval`'s sweep of
+0.25–2: the smallest that removes the negative, docs/results.md)."""
+
+
+def compared(condition: Condition) -> bool:
+    """Whether a condition is one of the method comparison's (run on every kind): none, CFG 3, VSF, and NAG at
+    the model's preset. The other ones are sweeps, run on the core ``KINDS``."""
+    if condition.model == "tiny-flux" or condition.method in ("none", "vsf"):
+        return True
+    if condition.method == "cfg":
+        return condition.cfg_scale == 3.0
+    tiny = get_preset("tiny").config
+    return condition.method == "nag" and (condition.scale, condition.tau, condition.alpha) == (
+        tiny.scale,
+        tiny.tau,
+        tiny.alpha,
+    )
+
+
 def conditions(quick: bool = False) -> list[Condition]:
-    """None, CFG at several scales, NAG swept in scale, τ and α (one at a time around ``SWEEP_CENTRE`` and around
-    the embedded model's preset), and NAG + CFG at the preset, at 1, 2 and 4 student steps; none, CFG, NAG and NAG + CFG
-    at the preset on the 25-step teacher."""
+    """None, CFG at several scales, VSF, NAG swept in scale, τ and α (one at a time around ``SWEEP_CENTRE`` and
+    around the embedded model's preset), and NAG + CFG at the preset, at 1, 2 and 4 student steps; none, CFG, NAG
+    and NAG + CFG at the preset on the 25-step teacher."""
     tiny = get_preset("tiny").config
     preset = (tiny.scale, tiny.tau, tiny.alpha)
     if quick:
@@ -134,6 +211,7 @@ def conditions(quick: bool = False) -> list[Condition]:
     for steps in (1, 2, 4):
         result.append(Condition("none", steps))
         result += [Condition("cfg", steps, cfg_scale=w) for w in (1.5, 3.0, 5.0)]
+        result.append(Condition("vsf", steps, scale=VSF_SCALE))
         result += [Condition("nag", steps, scale=x, tau=y, alpha=z) for x, y, z in sorted(nag)]
         result.append(Condition("nag+cfg", steps, cfg_scale=3.0, scale=preset[0], tau=preset[1], alpha=preset[2]))
     # the 25-step teacher costs ~6x a 4-step run per condition: the comparison points only
