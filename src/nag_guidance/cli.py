@@ -342,6 +342,14 @@ def bench(
     device: Annotated[str, Opt(help="torch device.")] = "cpu",
     families: Annotated[str | None, Opt("--families", help="Comma-separated families (default: all).")] = None,
     realistic: Annotated[bool, Opt(help="Also time realistic token counts at reduced width.")] = True,
+    full_size: Annotated[
+        bool,
+        Opt(
+            "--full-size",
+            help="Only the full-size FLUX.1-dev, SD3.5-large, SDXL and Wan 2.1 1.3B denoisers, random weights made "
+            "on --device (a GPU: 12B parameters for FLUX); with --quick the same four scaled down, for a CPU check.",
+        ),
+    ] = False,
 ) -> None:
     """Time the NAG combine operator and the denoiser step: none, CFG, NAG, NAG with an early end."""
     from nag_guidance import generation
@@ -355,7 +363,7 @@ def bench(
         if docs is not None:
             generation.check_output_folder(docs, "--docs")
         page = bench_run.run(out, quick=quick, device=device, families=chosen, realistic=realistic and not quick,
-                             command=command, log=console.print)  # fmt: skip
+                             full_size=full_size, command=command, log=console.print)  # fmt: skip
     if docs is not None:
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "benchmarks.md").write_text(page, encoding="utf-8")

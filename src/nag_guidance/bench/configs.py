@@ -2,12 +2,17 @@
 too small for the costs to mean much but every code path runs; and, for most families, a "realistic-shape" pipeline:
 the real token counts at the real head width, with few heads and few blocks so that a step takes about a second on a
 CPU. The realistic denoisers replace the tiny one inside the tiny pipeline, whose text
-encoders stay tiny (their time is not measured; only their output width differs from the real models')."""
+encoders stay tiny (their time is not measured; only their output width differs from the real models').
+
+``FULL_SIZE`` (``nag bench --full-size``, for a GPU): the real FLUX.1-dev, SD3.5-large, SDXL and Wan 2.1 1.3B
+denoiser architectures with random weights, created directly on the target device in the target dtype, at the real
+token counts; ``FULL_SIZE_QUICK`` builds the same four scaled down, through the same code path, for a CPU check."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -24,12 +29,20 @@ class BenchConfig:
     condition's own ones; ``denoiser`` and ``shape`` say in words exactly what was built and fed."""
 
     family: str
-    kind: str  # "tiny" or "realistic"
+    kind: str  # "tiny", "realistic" or "full-size"
     build: Callable[[], Any]
     call: dict[str, Any]
     denoiser: str
     shape: str = ""
     repeats: int | None = None  # more than the run's default, for the headline shapes
+    build_on: Callable[[torch.device, torch.dtype], Any] | None = None  # full-size: weights made on the device
+
+    def on(self, device: str | torch.device, dtype: torch.dtype) -> BenchConfig:
+        """This config with ``build`` creating the denoiser's weights on ``device`` in ``dtype`` (for the configs
+        that have ``build_on``; the others are returned as they are)."""
+        if self.build_on is None:
+            return self
+        return replace(self, build=partial(self.build_on, torch.device(device), dtype))
 
 
 def _name(make: Callable) -> str:
@@ -419,5 +432,264 @@ REALISTIC: tuple[BenchConfig, ...] = (
         "2688 video tokens (7×16×24 latents, as LTX-Video's 32×/8× VAE at 768×512 and 49 frames; this VAE is 4×/4×, "
         "so 96×64 and 25 frames) + 128 T5 tokens (padding masked)",
         "LTX-Video 2B, 28 blocks, 32 heads × 64 (width 2048)",
+    ),
+)
+
+
+# --------------------------------------------------------------------------------------------- full size
+
+
+@contextmanager
+def _creating_on(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """New tensors go straight to ``device`` in ``dtype`` (a 12B-parameter model never exists in fp32 on the CPU).
+    Buffers that a model computes with numpy (SD3's positional table) still land on the CPU; the bench's
+    ``.to(device, dtype)`` moves them."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _swap_denoiser_on(
+    make: Callable[[], Any],
+    attribute: str,
+    cls_name: str,
+    config: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Any:
+    import diffusers
+
+    pipe = make()  # the tiny pipeline, on the CPU in fp32: its tiny denoiser is dropped below
+    pipe.register_modules(**{attribute: None})
+    torch.manual_seed(0)
+    with _creating_on(device, dtype):
+        model = getattr(diffusers, cls_name)(**config).eval()
+    model.requires_grad_(False)
+    pipe.register_modules(**{attribute: model})
+    return pipe
+
+
+def _not_without_a_device() -> Any:
+    raise TypeError("a full-size config is built on its device: use config.on(device, dtype).build()")
+
+
+def _options(config: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in config.items())
+
+
+def _full_size(
+    family: str,
+    make: Callable[[], Any],
+    denoiser: tuple[str, str, dict[str, Any]],
+    call: dict[str, Any],
+    shape: str,
+    real: str,
+    scaled_from: dict[str, Any] | None = None,
+) -> BenchConfig:
+    """A full-size config, or with ``scaled_from`` (the full-size denoiser config) its scaled-down ``--quick`` twin."""
+    attribute, cls_name, config = denoiser
+    call = dict(call)
+    call.pop("num_inference_steps")
+    described = f"`{cls_name}({_options(config)})`, random weights"
+    if scaled_from is not None:
+        described += f", scaled down (`--quick`) from the full-size `{cls_name}({_options(scaled_from)})`"
+    described += f", in place of the denoiser of `{_name(make)}`; the real model: {real}"
+    build_on = partial(_swap_denoiser_on, make, attribute, cls_name, config)
+    return BenchConfig(family, "full-size", _not_without_a_device, call, described, shape, build_on=build_on)
+
+
+FULL_SIZE_TARGETS: dict[str, float] = {"flux": 1.15, "sd3": 1.12, "sdxl": 1.10, "wan": 1.08}
+"""The NAG cost targets (NAG step / unguided step) of the full-size denoisers on a GPU."""
+
+_FLUX_FULL = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=32,
+    pooled_projection_dim=32,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+_SD35_LARGE_FULL = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=38,
+    attention_head_dim=64,
+    num_attention_heads=38,
+    joint_attention_dim=32,
+    caption_projection_dim=2432,
+    pooled_projection_dim=64,
+    out_channels=16,
+    pos_embed_max_size=192,
+    qk_norm="rms_norm",
+)
+_SDXL_BLOCKS = dict(
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+)
+_SDXL_FULL = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    **_SDXL_BLOCKS,
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=6 * 256 + 32,  # the tiny CLIP-G's pooled width is 32
+    cross_attention_dim=64,  # the tiny CLIP-L and CLIP-G, 32 + 32
+)
+_WAN_FULL = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=256,
+    ffn_dim=8960,
+    num_layers=30,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=1024,
+)
+_REAL = {
+    "flux": "FLUX.1-dev, 19 double + 38 single blocks, 24 heads × 128 (width 3072), 12B parameters",
+    "sd3": "SD3.5-large, 38 joint blocks, 38 heads × 64 (width 2432), RMS QK-norm, 8B parameters",
+    "sdxl": "SDXL, channels (320, 640, 1280), 2 resnets and (0, 2, 10) transformer blocks per level, heads of 64, "
+    "2.6B parameters (2.2B here: the cross-attention keys and values read the tiny encoders' 64-wide text, not 2048)",
+    "wan": "Wan 2.1 1.3B, 30 blocks, 12 heads × 128 (width 1536), FFN 8960",
+}
+
+FULL_SIZE: tuple[BenchConfig, ...] = (
+    _full_size(
+        "flux",
+        fj.make_flux,
+        ("transformer", "FluxTransformer2DModel", _FLUX_FULL),
+        fj.flux_call_kwargs(height=128, width=128, max_sequence_length=512),
+        "4096 image tokens (128×128 latents packed 2×2, as FLUX at 1024²) + 512 T5 tokens",
+        _REAL["flux"],
+    ),
+    _full_size(
+        "sd3",
+        fj.make_sd3,
+        ("transformer", "SD3Transformer2DModel", _SD35_LARGE_FULL),
+        fj.sd3_call_kwargs(height=128, width=128, max_sequence_length=256),
+        "4096 image tokens (128×128 latents, patch 2, as SD3.5 at 1024²) + 77 CLIP + 256 T5 tokens",
+        _REAL["sd3"],
+    ),
+    _full_size(
+        "sdxl",
+        fi.make_sdxl,
+        ("unet", "UNet2DConditionModel", _SDXL_FULL),
+        fi.image_call_kwargs(height=256, width=256),
+        "128×128 latents (as SDXL at 1024²; this VAE is 2×): attention over 4096 and 1024 tokens; 77 CLIP tokens",
+        _REAL["sdxl"],
+    ),
+    _full_size(
+        "wan",
+        fv.make_wan_t2v,
+        ("transformer", "WanTransformer3DModel", _WAN_FULL),
+        fv.wan_call_kwargs(height=480, width=832, num_frames=33),
+        "14040 video tokens (33 frames at 832×480 → 9×60×104 latents, patch 1×2×2) + 512 umT5 tokens",
+        _REAL["wan"],
+    ),
+)
+
+# The same four, few blocks, few and narrow heads, small latents: seconds on a CPU (`nag bench --quick --full-size`).
+FULL_SIZE_QUICK: tuple[BenchConfig, ...] = (
+    _full_size(
+        "flux",
+        fj.make_flux,
+        (
+            "transformer",
+            "FluxTransformer2DModel",
+            {
+                **_FLUX_FULL,
+                "num_layers": 1,
+                "num_single_layers": 2,
+                "attention_head_dim": 32,
+                "num_attention_heads": 2,
+                "axes_dims_rope": (8, 12, 12),
+            },
+        ),
+        fj.flux_call_kwargs(height=32, width=32, max_sequence_length=64),
+        "256 image tokens (32×32 latents packed 2×2) + 64 T5 tokens",
+        _REAL["flux"],
+        scaled_from=_FLUX_FULL,
+    ),
+    _full_size(
+        "sd3",
+        fj.make_sd3,
+        (
+            "transformer",
+            "SD3Transformer2DModel",
+            {
+                **_SD35_LARGE_FULL,
+                "sample_size": 32,
+                "num_layers": 2,
+                "attention_head_dim": 32,
+                "num_attention_heads": 2,
+                "caption_projection_dim": 64,
+                "pos_embed_max_size": 32,
+            },
+        ),
+        fj.sd3_call_kwargs(height=32, width=32, max_sequence_length=64),
+        "256 image tokens (32×32 latents, patch 2) + 77 CLIP + 64 T5 tokens",
+        _REAL["sd3"],
+        scaled_from=_SD35_LARGE_FULL,
+    ),
+    _full_size(
+        "sdxl",
+        fi.make_sdxl,
+        (
+            "unet",
+            "UNet2DConditionModel",
+            {
+                **_SDXL_FULL,
+                "sample_size": 32,
+                "block_out_channels": (32, 64, 128),
+                "layers_per_block": 1,
+                "transformer_layers_per_block": (1, 1, 2),
+                "attention_head_dim": (1, 2, 4),
+                "addition_time_embed_dim": 8,
+                "projection_class_embeddings_input_dim": 6 * 8 + 32,
+            },
+        ),
+        fi.image_call_kwargs(height=64, width=64),
+        "32×32 latents (this VAE is 2×): attention over 1024 and 256 tokens; 77 CLIP tokens",
+        _REAL["sdxl"],
+        scaled_from=_SDXL_FULL,
+    ),
+    _full_size(
+        "wan",
+        fv.make_wan_t2v,
+        (
+            "transformer",
+            "WanTransformer3DModel",
+            {
+                **_WAN_FULL,
+                "num_attention_heads": 2,
+                "attention_head_dim": 32,
+                "freq_dim": 32,
+                "ffn_dim": 128,
+                "num_layers": 2,
+            },
+        ),
+        fv.wan_call_kwargs(height=128, width=128, num_frames=9),
+        "192 video tokens (9 frames at 128×128 → 3×16×16 latents, patch 1×2×2) + 512 umT5 tokens",
+        _REAL["wan"],
+        scaled_from=_WAN_FULL,
     ),
 )

@@ -5,6 +5,7 @@ machine's numbers can be trusted."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -17,9 +18,9 @@ from typing import Any
 
 import torch
 
-from nag_guidance.bench.configs import REALISTIC, TINY, BenchConfig
+from nag_guidance.bench.configs import FULL_SIZE, FULL_SIZE_QUICK, FULL_SIZE_TARGETS, REALISTIC, TINY, BenchConfig
 from nag_guidance.bench.op import bench_combine
-from nag_guidance.bench.report import markdown
+from nag_guidance.bench.report import _built, _memory_table, _ratio, _step_time, _time_table, markdown
 from nag_guidance.bench.step import CFG_SCALE, CONDITIONS, NEGATIVE, PROMPT, bench_config
 
 QUICK_FAMILIES = ("sd", "sd3", "flux")
@@ -32,12 +33,13 @@ class Settings:
     steps: int = 4  # so that nag_end 0.25 and 0.5 guide 1 and 2 steps
     tiny_repeats: int = 7
     realistic_repeats: int = 3
+    full_size_repeats: int = 3  # all four full-size denoisers in about 3 minutes on one H200
     op_shape: tuple[int, ...] = (1, 4096, 3072)  # FLUX's image tokens × width: one attention output
     op_repeats: int = 20
     op_compile: bool = True
 
 
-QUICK = Settings(tiny_repeats=3, op_shape=(1, 1024, 256), op_repeats=5, op_compile=False)
+QUICK = Settings(tiny_repeats=3, full_size_repeats=2, op_shape=(1, 1024, 256), op_repeats=5, op_compile=False)
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -72,6 +74,80 @@ def machine(device: torch.device) -> dict[str, Any]:
     return described
 
 
+def _full_size_configs(
+    families: tuple[str, ...] | None, quick: bool, device: torch.device, dtype: torch.dtype
+) -> list[BenchConfig]:
+    """The full-size denoisers (scaled down with ``quick``), bound to build their weights on ``device``."""
+    configs = FULL_SIZE_QUICK if quick else FULL_SIZE
+    known = [config.family for config in configs]
+    unknown = sorted(set(families or ()) - set(known))
+    if unknown:
+        raise ValueError(f"unknown full-size families {unknown}; known: {', '.join(known)}")
+    return [config.on(device, dtype) for config in configs if families is None or config.family in families]
+
+
+def _attention_backend() -> str:
+    """diffusers' active attention backend (``DIFFUSERS_ATTN_BACKEND`` or ``attention_backend(...)``)."""
+    try:
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+    except ImportError:  # a diffusers without the dispatcher: PyTorch's SDPA
+        return "native"
+    backend = _AttentionBackendRegistry._active_backend
+    return str(getattr(backend, "value", backend))
+
+
+def _target(row: dict[str, Any]) -> dict[str, Any]:
+    target = FULL_SIZE_TARGETS[row["family"]]
+    ratio = row["conditions"]["nag"]["median_ratio"]
+    return {"condition": "nag", "nag_over_unguided": ratio, "target": target, "met": ratio <= target}
+
+
+def _full_size_page(result: dict[str, Any]) -> list[str]:
+    """The full-size section (report.py has none yet): targets, times, memory, what was built."""
+    rows = [row for row in result["steps"] if row["kind"] == "full-size"]
+    if not rows:
+        return []
+    lines = [
+        "## Full-size denoisers, random weights" + (" (scaled down: --quick)" if result["quick"] else ""),
+        "",
+        (
+            "The architectures scaled down (few blocks, few and narrow heads, small latents) to check the code "
+            "path: these ratios say nothing about the real models. "
+            if result["quick"]
+            else "The real architectures at the real token counts. "
+        )
+        + f"Random weights, created on `{result['device']}` in {result['dtype']}; attention backend "
+        f"`{result['attention_backend']}`; {result['settings']['steps']} steps per call, "
+        f"{', '.join(sorted({str(row['repeats']) for row in rows}))} repeats. Target: NAG step / unguided step.",
+        "",
+        "| model | unguided step | NAG / unguided | target | met | NAG end 0.25 / unguided | CFG / unguided | "
+        "peak memory: unguided → NAG → CFG |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        conditions, target = row["conditions"], row["target"]
+        memory = " → ".join(f"{conditions[c]['peak_mib']:.0f}" for c in ("none", "nag", "cfg") if c in conditions)
+        lines.append(
+            f"| {row['family']} | {_step_time(conditions['none']['median_ms_per_step'])} | "
+            f"{_ratio(conditions['nag'])} | ≤ {target['target']:.2f}× | {'yes' if target['met'] else 'no'} | "
+            f"{_ratio(conditions.get('nag_end_0.25'))} | {_ratio(conditions.get('cfg'))} | {memory} MiB |"
+        )
+    return [
+        *lines,
+        "",
+        *_time_table(rows),
+        "",
+        "Peak memory above the weights, MiB:",
+        "",
+        *_memory_table(rows),
+        "",
+        "What was built:",
+        "",
+        *_built(rows),
+        "",
+    ]
+
+
 def _configs(families: tuple[str, ...] | None, quick: bool, realistic: bool) -> list[BenchConfig]:
     known = {config.family for config in TINY}
     unknown = sorted(set(families or ()) - known)
@@ -88,7 +164,10 @@ def _summary(row: dict[str, Any]) -> str:
     conditions = row["conditions"]
     none = conditions["none"]["median_ms_per_step"]
     ratios = ", ".join(f"{name} {value['median_ratio']:.2f}x" for name, value in conditions.items() if name != "none")
-    return f"{row['kind']} {row['family']}: {none:.1f} ms/step unguided; {ratios} ({row['seconds']:.0f} s)"
+    target = ""
+    if "target" in row:
+        target = f"; target nag ≤ {row['target']['target']:.2f}x {'met' if row['target']['met'] else 'NOT met'}"
+    return f"{row['kind']} {row['family']}: {none:.1f} ms/step unguided; {ratios}{target} ({row['seconds']:.0f} s)"
 
 
 def run(
@@ -97,20 +176,26 @@ def run(
     device: str = "cpu",
     families: tuple[str, ...] | None = None,
     realistic: bool = True,
+    full_size: bool = False,
     command: str = "nag bench",
     log: Callable[[str], None] = print,
 ) -> str:
     """Run the benchmark, write ``out/benchmarks.json`` and ``out/benchmarks.md``, return the Markdown page.
 
     ``quick``: tiny pipelines of a few families, few repeats, no ``torch.compile`` (for CI; never realistic).
+    ``full_size``: only the full-size denoisers (``FULL_SIZE``; with ``quick`` the same four scaled down, to check
+    the path on a CPU), their weights created on the device; no combine-operator timing.
     Raises ``ValueError`` for an unknown family or an unavailable device.
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: CUDA is not available")
     settings = QUICK if quick else Settings()
-    configs = _configs(families, quick, realistic and not quick)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if full_size:
+        configs = _full_size_configs(families, quick, dev, dtype)
+    else:
+        configs = _configs(families, quick, realistic and not quick)
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if dev.type == "cpu" and torch.get_num_threads() > 1 and load >= 1 and "OMP_WAIT_POLICY" not in os.environ:
@@ -127,18 +212,23 @@ def run(
         "machine": machine(dev),
         "settings": {**asdict(settings), "prompt": PROMPT, "negative": NEGATIVE, "cfg_scale": CFG_SCALE},
         "conditions": CONDITIONS,
+        "attention_backend": _attention_backend(),
         "op": [],
         "steps": [],
         "errors": [],
     }
-    op_dtypes = (torch.float32, torch.bfloat16) if dev.type == "cuda" else (torch.float32,)
+    if full_size:
+        result["full_size_targets"] = FULL_SIZE_TARGETS
+    op_dtypes = () if full_size else (torch.float32, torch.bfloat16) if dev.type == "cuda" else (torch.float32,)
     for op_dtype in op_dtypes:
         log(f"combine operator {settings.op_shape} {op_dtype}")
         result["op"].append(
             bench_combine(settings.op_shape, op_dtype, device, settings.op_repeats, compile=settings.op_compile)
         )
     for config in configs:
-        repeats = settings.realistic_repeats if config.kind == "realistic" else settings.tiny_repeats
+        repeats = {"realistic": settings.realistic_repeats, "full-size": settings.full_size_repeats}.get(
+            config.kind, settings.tiny_repeats
+        )
         repeats = max(repeats, config.repeats or 0)
         try:
             row = bench_config(config, device, dtype, settings.steps, repeats)
@@ -146,6 +236,12 @@ def run(
             result["errors"].append({"family": config.family, "kind": config.kind, "error": repr(error)[:500]})
             log(f"{config.kind} {config.family}: failed: {error!r}"[:300])
             continue
+        finally:  # a full-size denoiser's weights (24 GB for FLUX) go before the next is built
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        if config.kind == "full-size":
+            row["target"] = _target(row)
         result["steps"].append(row)
         log(_summary(row))
     result["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -153,5 +249,9 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     page = markdown(result)
+    section = _full_size_page(result)
+    if section:  # before the machine and the method, as the headline of the realistic rows is
+        head, machine_part = page.split("## Machine", 1) if "## Machine" in page else (page, None)
+        page = head + "\n".join(section) + "\n" + ("## Machine" + machine_part if machine_part is not None else "")
     (out / "benchmarks.md").write_text(page, encoding="utf-8")
     return page
