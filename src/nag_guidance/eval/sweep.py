@@ -1,0 +1,179 @@
+"""The sweep behind the embedded model's ``tiny`` preset (and ``suite.VSF_SCALE``), chosen for the worst kind.
+
+Stage 1 measures a coarse grid of NAG's (s, τ, α), a few early ends and VSF scales at 4 steps on the core kinds
+with few seeds; stage 2 re-measures the best of each method by worst kind with more seeds on every kind. The pick:
+among the stage-2 candidates that keep adherence within ``ADHERENCE_BAND`` of unguided on every core kind (the
+prompt's subject is never lost), the one whose worst core-kind margin is largest, where a kind's margin is the
+smallest of (suppression − 80 %, adherence change + 3 points, clean-rate change): the issue's target is met where
+every margin is ≥ 0.
+
+    python -m nag_guidance.eval.sweep --out runs/sweep            # both stages (about an hour on 2 CPU cores)
+    python -m nag_guidance.eval.sweep --out runs/sweep --page docs/preset-sweep.md   # the page from the records
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nag_guidance.eval.suite import ALL_KINDS, KINDS, Condition, pairs
+
+GRID = [(s, t, a) for s in (3.0, 5.0) for t in (1.25, 1.5, 2.0, 2.5) for a in (0.25, 0.5)]
+ENDS = [(5.0, 1.25, 0.5, e) for e in (0.5, 0.75)] + [(3.0, 1.5, 0.5, e) for e in (0.5, 0.75)]
+ENDS += [(5.0, 2.5, 0.5, e) for e in (0.5, 0.75)] + [(3.0, 2.5, 0.5, 0.5), (5.0, 1.5, 1.0, 0.5), (5.0, 1.25, 1.0, 0.5)]
+VSF_SCALES = (0.25, 0.5, 1.0, 2.0)
+COARSE_SEEDS, FINAL_SEEDS, FINALISTS = 8, 24, 4
+ADHERENCE_BAND = 0.03
+TARGET_SUPPRESSION = 0.8
+
+
+def stage_one() -> list[Condition]:
+    nag = [Condition("nag", 4, scale=s, tau=t, alpha=a) for s, t, a in GRID]
+    nag += [Condition("nag", 4, scale=s, tau=t, alpha=a, end=e) for s, t, a, e in ENDS]
+    return [Condition("none", 4), *nag, *(Condition("vsf", 4, scale=v) for v in VSF_SCALES)]
+
+
+def measure(conditions: list[Condition], kinds: tuple[str, ...], seeds: int, out: Path) -> list[dict]:
+    """One record per (condition, kind), appended to ``out`` as JSON lines (kept from an earlier run)."""
+    from nag_guidance.eval.runner import Evaluator
+
+    done = read(out) if out.exists() else []
+    have = {(r["label"], r["kind"]) for r in done}
+    evaluator = Evaluator()
+    with out.open("a", encoding="utf-8") as file:
+        for condition in conditions:
+            for kind in kinds:
+                if (condition.label, kind) in have:
+                    continue
+                result, _ = evaluator.measure(condition, kind, pairs((kind,)), seeds)
+                record = {"label": condition.label, "condition": condition.as_dict(), **result}
+                file.write(json.dumps(record) + "\n")
+                file.flush()
+                done.append(record)
+    return done
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def changes(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per condition label and kind: suppression, adherence change and clean-rate change against unguided."""
+    none = {r["kind"]: r for r in records if r["label"] == "none"}
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for r in records:
+        base = none.get(r["kind"])
+        if r["label"] == "none" or base is None:
+            continue
+        suppression = 1.0 - r["negative_rate"] / base["negative_rate"] if base["negative_rate"] > 0 else None
+        table.setdefault(r["label"], {})[r["kind"]] = {
+            "suppression": suppression,
+            "adherence": r["adherence"] - base["adherence"],
+            "clean": r["clean"] - base["clean"],
+        }
+    return table
+
+
+def worst_margin(kinds: dict[str, dict[str, float]]) -> float:
+    """The smallest margin to the target over the core kinds (≥ 0: the target is met on every one)."""
+    margins = []
+    for kind in KINDS:
+        c = kinds[kind]
+        margins += [c["suppression"] - TARGET_SUPPRESSION, c["adherence"] + ADHERENCE_BAND, c["clean"]]
+    return min(margins)
+
+
+def keeps_the_subject(kinds: dict[str, dict[str, float]]) -> bool:
+    return all(kinds[kind]["adherence"] >= -ADHERENCE_BAND for kind in KINDS)
+
+
+def complete(table: dict) -> dict:
+    return {label: kinds for label, kinds in table.items() if all(kind in kinds for kind in KINDS)}
+
+
+def finalists(coarse: dict) -> list[str]:
+    """The best ``FINALISTS`` NAG conditions of stage 1 by worst margin, and every VSF scale (VSF is the baseline:
+    it gets its best showing by the same rule)."""
+    ranked = sorted(complete(coarse), key=lambda label: worst_margin(coarse[label]), reverse=True)
+    nag = [label for label in ranked if label.startswith("nag")][:FINALISTS]
+    return nag + [label for label in ranked if label.startswith("vsf")]
+
+
+def pick(final: dict, method: str) -> str | None:
+    """The chosen condition of one method (see the module docstring)."""
+    candidates = [label for label, kinds in complete(final).items() if label.startswith(method)]
+    kept = [label for label in candidates if keeps_the_subject(final[label])]
+    return max(kept, key=lambda label: worst_margin(final[label]), default=None)
+
+
+def _cells(kinds: dict[str, dict[str, float]], names: tuple[str, ...]) -> str:
+    def cell(name: str) -> str:
+        c = kinds.get(name)
+        if c is None:
+            return "—"
+        suppression = "n/a" if c["suppression"] is None else f"{100 * c['suppression']:.0f}"
+        return f"{suppression} / {100 * c['adherence']:+.1f} / {100 * c['clean']:+.1f}"
+
+    return " | ".join(cell(name) for name in names)
+
+
+def page(coarse_records: list[dict], final_records: list[dict], command: str) -> str:
+    coarse, final = changes(coarse_records), changes(final_records)
+    lines = [
+        "# How the embedded model's preset was chosen",
+        "",
+        f"Generated by `{command}` from the sweep's records; every number is measured. The rule (module docstring",
+        "of `nag_guidance/eval/sweep.py`): the target is suppression ≥ 80 %, adherence within 3 points of unguided and",
+        "a clean rate not below unguided on every core kind; among the finalists that keep adherence within the band",
+        "on every core kind, the one with the largest worst margin wins. Cells: suppression % / adherence change /",
+        "clean-rate change (points) against unguided, student, 4 steps.",
+        "",
+        f"## Stage 1: {COARSE_SEEDS} seeds per pair, core kinds, sorted by worst margin",
+        "",
+        "| condition | worst margin | " + " | ".join(KINDS) + " |",
+        "|---|---|" + "---|" * len(KINDS),
+    ]
+    for label in sorted(complete(coarse), key=lambda label: worst_margin(coarse[label]), reverse=True):
+        lines.append(f"| {label} | {100 * worst_margin(coarse[label]):+.1f} | {_cells(coarse[label], KINDS)} |")
+    lines += [
+        "",
+        f"## Stage 2: {FINAL_SEEDS} seeds per pair, every kind",
+        "",
+        "| condition | worst margin (core) | adherence kept | " + " | ".join(ALL_KINDS) + " |",
+        "|---|---|---|" + "---|" * len(ALL_KINDS),
+    ]
+    for label in sorted(complete(final), key=lambda label: worst_margin(final[label]), reverse=True):
+        kept = "yes" if keeps_the_subject(final[label]) else "no"
+        margin = 100 * worst_margin(final[label])
+        lines.append(f"| {label} | {margin:+.1f} | {kept} | {_cells(final[label], ALL_KINDS)} |")
+    for method in ("nag", "vsf"):
+        chosen = pick(final, method)
+        met = chosen is not None and worst_margin(final[chosen]) >= 0
+        verdict = "yes" if met else "no"
+        lines += ["", f"**Chosen {method.upper()}: {chosen}.** Target met on every core kind: {verdict}."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
+    parser.add_argument("--page", type=Path, help="write the page from the records instead of measuring")
+    args = parser.parse_args(argv)
+    coarse_path, final_path = args.out / "stage1.jsonl", args.out / "stage2.jsonl"
+    if args.page is None:
+        import torch
+
+        torch.set_num_threads(1)
+        args.out.mkdir(parents=True, exist_ok=True)
+        coarse = changes(measure(stage_one(), KINDS, COARSE_SEEDS, coarse_path))
+        chosen = [c for c in stage_one() if c.label == "none" or c.label in finalists(coarse)]
+        measure(chosen, ALL_KINDS, FINAL_SEEDS, final_path)
+        return
+    command = f"python -m nag_guidance.eval.sweep --out {args.out} --page {args.page}"
+    args.page.write_text(page(read(coarse_path), read(final_path), command), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
