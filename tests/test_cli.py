@@ -100,7 +100,7 @@ def test_info_commands():
     assert "flux: FluxPipeline" in families and "sd: StableDiffusionPipeline" in families
 
 
-MAIN_JOB = ["generate", "a circle on a white background", "--negative", "red", "--steps", "4", "--num-images", "4",
+MAIN_JOB = ["generate", "a orange shape", "--negative", "square", "--steps", "4", "--num-images", "4",
             "--seed", "0", "--grid"]  # fmt: skip
 """The README's main job."""
 

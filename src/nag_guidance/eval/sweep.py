@@ -156,12 +156,31 @@ def page(coarse_records: list[dict], final_records: list[dict], command: str) ->
     return "\n".join(lines)
 
 
+def pair_rates(seeds: int = 64) -> list[dict]:
+    """How often the unguided model (4 steps) shows each core pair's negative: how the README's main job was
+    picked (the most frequent one)."""
+    from nag_guidance.eval.runner import Evaluator
+
+    evaluator = Evaluator()
+    rows = []
+    for kind in KINDS:
+        for pair in pairs((kind,)):
+            result, _ = evaluator.measure(Condition("none", 4), kind, [pair], seeds)
+            rows.append({"kind": kind, "prompt": pair.prompt, "negative": pair.negative, **result})
+    return sorted(rows, key=lambda row: -row["negative_rate"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
     parser.add_argument("--page", type=Path, help="write the page from the records instead of measuring")
+    parser.add_argument("--pair-rates", action="store_true", help="print each core pair's unguided negative rate")
     args = parser.parse_args(argv)
     coarse_path, final_path = args.out / "stage1.jsonl", args.out / "stage2.jsonl"
+    if args.pair_rates:
+        for row in pair_rates():
+            print(f"{100 * row['negative_rate']:5.1f} %  {row['prompt']!r} − {row['negative']!r}")
+        return
     if args.page is None:
         import torch
 
