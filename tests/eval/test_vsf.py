@@ -129,3 +129,73 @@ def test_negative_token_mask(sd):
     mask = negative_token_mask(pipe, ["red", "blue sky"])
     assert mask.shape == (2, pipe.tokenizer.model_max_length)
     assert mask.sum(1).tolist() == [len("red") + 2, len("bluesky") + 2]  # BOS, characters, EOS
+
+
+# -- joint attention ------------------------------------------------------------------------------------------------
+
+
+def _joint_expected(q, k, v, n_pos, n_neg, cond, vsf_scale, bias):
+    """One float64 softmax per query group, as the VSF authors' MMDiT layout defines it (text first)."""
+    q, k, v = q.double(), k.double(), v.double()
+    total = q.shape[2]
+    pos, neg, img = range(0, n_pos), range(n_pos, n_pos + n_neg), range(n_pos + n_neg, total)
+    out = torch.zeros(q.shape[0], total, q.shape[1], q.shape[3], dtype=torch.float64)
+
+    def attend(row, queries, keys, flipped=()):
+        keys = list(keys)
+        scores = q[row][:, list(queries)] @ k[row][:, keys].transpose(-1, -2) / math.sqrt(q.shape[-1])
+        values = v[row][:, keys].clone()
+        for i, key in enumerate(keys):
+            if key in flipped:
+                scores[..., i] += bias
+                values[:, i] *= -vsf_scale
+        return (torch.softmax(scores, -1) @ values).transpose(0, 1)  # (queries, H, D)
+
+    for row in range(q.shape[0]):
+        out[row, list(pos)] = attend(row, pos, [*pos, *img])
+        if row in cond:
+            out[row, list(img)] = attend(row, img, [*pos, *img, *neg], flipped=set(neg))
+            out[row, list(neg)] = attend(row, neg, [*neg, *img])
+        else:
+            out[row, list(img)] = attend(row, img, [*pos, *img])
+    return out
+
+
+def test_joint_vsf_is_one_softmax_with_the_negative_flipped():
+    from types import SimpleNamespace
+
+    from nag_guidance.eval.vsf import joint_value_sign_flip_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 3 + 4 + 5, 8) for _ in range(3))
+    plan = SimpleNamespace(text_length=3, negative_length=4, rows=slice(1, 2), text_key_masks=None)
+    for vsf_scale, bias in ((1.0, -0.1), (3.5, 0.2)):
+        out = joint_value_sign_flip_attention(q, k, v, None, plan, True, None, None, vsf_scale=vsf_scale, bias=bias)
+        expected = _joint_expected(q, k, v, 3, 4, {1}, vsf_scale, bias)
+        assert torch.allclose(out.double(), expected, atol=1e-5)
+
+
+def test_joint_vsf_on_a_flux_pipeline_and_its_no_op():
+    import nag_guidance as nag
+    from nag_guidance.eval.vsf import joint_vsf
+    from nag_guidance.integration import joint_attention
+    from nag_guidance.testing.joint import flux_call_kwargs, make_flux
+
+    def run(pipe, **extra):
+        generator = torch.Generator().manual_seed(0)
+        return pipe("a red car", generator=generator, **flux_call_kwargs(), **extra)[0]
+
+    pipe = make_flux()
+    stock = run(pipe)
+    nag.apply(pipe)
+    negative = {"nag_negative_prompt": "blurry dog", "nag_scale": 2.0, "nag_pooled": "prompt"}
+    guided = run(pipe, **negative)
+    original = joint_attention.guided_joint_attention
+    with joint_vsf(1.0):
+        flipped = run(pipe, **negative)
+    with joint_vsf(1.0, bias=float("-inf")):  # the image never sees the negative: the stock result
+        unseen = run(pipe, **negative)
+    assert joint_attention.guided_joint_attention is original
+    assert not torch.allclose(flipped, stock, atol=1e-4) and not torch.allclose(flipped, guided, atol=1e-4)
+    assert torch.allclose(unseen, stock, atol=1e-5)
+    assert torch.equal(run(pipe, **negative), guided)

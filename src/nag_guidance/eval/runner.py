@@ -106,11 +106,13 @@ class Evaluator:
     def _vsf_images(self, condition: Condition, prompts: list[str], negatives: list[str], kwargs: dict) -> Any:
         """VSF in place of the text-attention processors (NAG's, inert in a call without a NAG negative), which
         it puts back after the call."""
-        from nag_guidance.eval.vsf import apply_vsf, negative_token_mask
+        from nag_guidance.eval.vsf import apply_vsf, joint_vsf, negative_token_mask
 
-        if condition.model != "tiny":
-            raise ValueError("VSF is implemented for the cross-attention model (tiny) only")
         pipe = self.pipe(condition.model, condition.unet)
+        if condition.model == "tiny-flux":  # joint attention: NAG's negative text stream, VSF's combine
+            with joint_vsf(condition.scale):
+                carrier = {"nag_negative_prompt": negatives, "nag_scale": 2.0, "nag_end": 1.0, "nag_pooled": "prompt"}
+                return pipe(prompts, **{**kwargs, **carrier}).images
         embeds = pipe.encode_prompt(negatives, pipe.device, 1, False)[0]
         with apply_vsf(pipe, embeds, condition.scale, negative_token_mask(pipe, negatives)):
             return pipe(prompts, **kwargs).images

@@ -158,8 +158,8 @@ def _one_at_a_time(centre: tuple[float, float, float]) -> set[tuple[float, float
 
 
 def flux_conditions(quick: bool = False) -> list[Condition]:
-    """tiny-flux (student): none, true CFG, and NAG at the model's preset with the prompt's and with the
-    negative's pooled vector, at 1, 2 and 4 steps (quick: 1 step, no CFG)."""
+    """tiny-flux (student): none, true CFG, VSF, and NAG at the model's preset with the prompt's and with the
+    negative's pooled vector, at 1, 2 and 4 steps (quick: 1 step, no CFG or VSF)."""
     from nag_guidance.integration.registry import registered_families
 
     # tiny-flux has no preset of its own yet: the flux family's rule for a model without guidance embeds
@@ -171,8 +171,13 @@ def flux_conditions(quick: bool = False) -> list[Condition]:
         if not quick:
             result.append(Condition("cfg", steps, cfg_scale=3.0, model="tiny-flux"))
         result += [Condition("nag", steps, pooled=pooled, **nag) for pooled in ("prompt", "negative")]
+        if not quick:
+            result.append(Condition("vsf", steps, scale=FLUX_VSF_SCALE, model="tiny-flux"))
     return result
 
+
+FLUX_VSF_SCALE = 3.5
+"""VSF's value scale on tiny-flux: the VSF authors' Flux-schnell value (their README), until a sweep says better."""
 
 VSF_SCALE = 0.5
 """VSF's value scale on the embedded UNet model (the paper gives none for UNets; chosen by `nag eval`'s sweep of

@@ -23,17 +23,17 @@ from nag_guidance.eval.suite import ALL_KINDS, KINDS, Condition, pairs
 GRID = [(s, t, a) for s in (3.0, 5.0) for t in (1.25, 1.5, 2.0, 2.5) for a in (0.25, 0.5)]
 ENDS = [(5.0, 1.25, 0.5, e) for e in (0.5, 0.75)] + [(3.0, 1.5, 0.5, e) for e in (0.5, 0.75)]
 ENDS += [(5.0, 2.5, 0.5, e) for e in (0.5, 0.75)] + [(3.0, 2.5, 0.5, 0.5), (5.0, 1.5, 1.0, 0.5), (5.0, 1.25, 1.0, 0.5)]
-VSF_SCALES = (0.25, 0.5, 1.0, 2.0)
+VSF_SCALES = (0.25, 0.5, 1.0, 2.0, 3.5)  # 3.5: the VSF authors' value for Flux-schnell and SD3.5
 COARSE_SEEDS, FINAL_SEEDS, FINALISTS = 8, 24, 4
 ADHERENCE_BAND = 0.03
 TARGET_SUPPRESSION = 0.8
 
 
 def stage_one(model: str = "tiny") -> list[Condition]:
-    """The coarse grid for one embedded model (VSF only where it exists: the cross-attention model)."""
+    """The coarse grid for one embedded model."""
     nag = [Condition("nag", 4, scale=s, tau=t, alpha=a, model=model) for s, t, a in GRID]
     nag += [Condition("nag", 4, scale=s, tau=t, alpha=a, end=e, model=model) for s, t, a, e in ENDS]
-    vsf = [Condition("vsf", 4, scale=v) for v in VSF_SCALES] if model == "tiny" else []
+    vsf = [Condition("vsf", 4, scale=v, model=model) for v in VSF_SCALES]
     return [Condition("none", 4, model=model), *nag, *vsf]
 
 

@@ -30,7 +30,10 @@ value_sign_flip/processor.py`` and ``nodes.py``, ``README.md``)::
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +43,8 @@ __all__ = [
     "VSFAttnProcessor",
     "VSFHandle",
     "apply_vsf",
+    "joint_value_sign_flip_attention",
+    "joint_vsf",
     "negative_token_mask",
     "remove_vsf",
     "value_sign_flip_attention",
@@ -211,3 +216,78 @@ def remove_vsf(handle: VSFHandle) -> None:
         module.processor = original
     handle.originals.clear()
     handle.processors.clear()
+
+
+# -- joint attention (Flux-type transformers) ----------------------------------------------------------------------
+
+
+def joint_value_sign_flip_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    plan,
+    text_first: bool,
+    scale: float | None,
+    guide_,
+    *,
+    vsf_scale: float,
+    bias: float = -0.1,
+) -> torch.Tensor:
+    """VSF in a joint-attention layer laid out as NAG lays it out ([prompt text | negative text | image] per row,
+    see ``integration.joint_attention.guided_joint_attention``, whose signature this shares; ``guide_`` is unused).
+
+    The authors' MMDiT form: the negative's tokens are a text stream of their own (their queries see [negative;
+    image]); prompt-text queries see [prompt; image]; image queries of the conditional rows see [prompt; image;
+    negative] in one softmax, the negative's logits shifted by ``bias`` and its values multiplied by −``vsf_scale``.
+    Computed as NAG's joint path computes attention, by log-sum-exp merges of the parts."""
+    from nag_guidance.integration.attention import attention_with_lse, merge_attention
+
+    batch, heads, total, dim = q.shape
+    n_pos, n_neg = plan.text_length, plan.negative_length
+    n_img = total - n_pos - n_neg
+    start = 0 if text_first else n_img
+    pos = slice(start, start + n_pos)
+    neg = slice(start + n_pos, start + n_pos + n_neg)
+    img = slice(start + n_pos + n_neg, total) if text_first else slice(0, n_img)
+    rows = plan.rows
+    if plan.text_key_masks is not None:
+        image_keys = torch.ones(batch, n_img, dtype=torch.bool, device=q.device)
+        parts = [plan.text_key_masks[0].bool(), plan.text_key_masks[1].bool()]
+        mask = torch.cat([*parts, image_keys] if text_first else [image_keys, *parts], dim=1)[:, None, None, :]
+
+    def attend(queries: slice, keys: slice, r: slice = slice(None)):
+        m = None
+        if mask is not None:
+            m = mask if mask.shape[0] == 1 else mask[r]
+            m = m if m.shape[-2] == 1 else m[..., queries, :]
+            m = m[..., keys]
+        return attention_with_lse(q[r, :, queries], k[r, :, keys], v[r, :, keys], m, scale)
+
+    out = q.new_empty(batch, total, heads, dim)
+    merge_attention(attend(pos, pos), attend(pos, img), into=out[:, pos].transpose(1, 2))
+    shared, prompt = attend(img, img), attend(img, pos)
+    merge_attention(shared, prompt, into=out[:, img].transpose(1, 2))
+    positive = (out[rows, img].transpose(1, 2).float(), torch.logaddexp(shared[1][rows], prompt[1][rows]))
+    flipped, lse = attend(img, neg, rows)
+    merge_attention(positive, (-vsf_scale * flipped.float(), lse + bias), into=out[rows, img].transpose(1, 2))
+    out[:, neg] = 0
+    merge_attention(attend(neg, neg, rows), attend(neg, img, rows), into=out[rows, neg].transpose(1, 2))
+    return out
+
+
+@contextmanager
+def joint_vsf(scale: float, bias: float = -0.1) -> Iterator[None]:
+    """Inside the block, a NAG-applied joint-attention pipeline called *with* a NAG negative (``nag_scale`` > 1,
+    ``nag_pooled="prompt"``) runs VSF instead of NAG: NAG's machinery carries the negative's text stream, and its
+    guided attention call is swapped for ``joint_value_sign_flip_attention``. For evaluation only."""
+    from nag_guidance.integration import joint_attention
+
+    original = joint_attention.guided_joint_attention
+    joint_attention.guided_joint_attention = functools.partial(
+        joint_value_sign_flip_attention, vsf_scale=scale, bias=bias
+    )
+    try:
+        yield
+    finally:
+        joint_attention.guided_joint_attention = original
