@@ -281,6 +281,52 @@ def _gaps(result: dict[str, Any], tiny: list, realistic: list) -> list[str]:
     return ["## Gaps", "", *lines, ""] if lines else []
 
 
+def _full_size(result: dict[str, Any]) -> list[str]:
+    """The full-size section (report.py has none yet): targets, times, memory, what was built."""
+    rows = [row for row in result["steps"] if row["kind"] == "full-size"]
+    if not rows:
+        return []
+    lines = [
+        "## Full-size denoisers, random weights" + (" (scaled down: --quick)" if result["quick"] else ""),
+        "",
+        (
+            "The architectures scaled down (few blocks, few and narrow heads, small latents) to check the code "
+            "path: these ratios say nothing about the real models. "
+            if result["quick"]
+            else "The real architectures at the real token counts. "
+        )
+        + f"Random weights, created on `{result['device']}` in {result['dtype']}; attention backend "
+        f"`{result['attention_backend']}`; {result['settings']['steps']} steps per call, "
+        f"{', '.join(sorted({str(row['repeats']) for row in rows}))} repeats. Target: NAG step / unguided step.",
+        "",
+        "| model | unguided step | NAG / unguided | target | met | NAG end 0.25 / unguided | CFG / unguided | "
+        "peak memory: unguided → NAG → CFG |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        conditions, target = row["conditions"], row["target"]
+        memory = " → ".join(f"{conditions[c]['peak_mib']:.0f}" for c in ("none", "nag", "cfg") if c in conditions)
+        lines.append(
+            f"| {row['family']} | {_step_time(conditions['none']['median_ms_per_step'])} | "
+            f"{_ratio(conditions['nag'])} | ≤ {target['target']:.2f}× | {'yes' if target['met'] else 'no'} | "
+            f"{_ratio(conditions.get('nag_end_0.25'))} | {_ratio(conditions.get('cfg'))} | {memory} MiB |"
+        )
+    return [
+        *lines,
+        "",
+        *_time_table(rows),
+        "",
+        "Peak memory above the weights, MiB:",
+        "",
+        *_memory_table(rows),
+        "",
+        "What was built:",
+        "",
+        *_built(rows),
+        "",
+    ]
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The page for a result as ``run`` builds it."""
     tiny = [row for row in result["steps"] if row["kind"] == "tiny"]
@@ -296,6 +342,7 @@ def markdown(result: dict[str, Any]) -> str:
         "Every repeat is in `benchmarks.json`, written with the page to the output folder (`--out`).",
         "",
         *_headline(realistic),
+        *_full_size(result),
         *_machine(result),
         *_method(result),
         *_realistic(realistic),

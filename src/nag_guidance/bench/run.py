@@ -20,7 +20,7 @@ import torch
 
 from nag_guidance.bench.configs import FULL_SIZE, FULL_SIZE_QUICK, FULL_SIZE_TARGETS, REALISTIC, TINY, BenchConfig
 from nag_guidance.bench.op import bench_combine
-from nag_guidance.bench.report import _built, _memory_table, _ratio, _step_time, _time_table, markdown
+from nag_guidance.bench.report import markdown
 from nag_guidance.bench.step import CFG_SCALE, CONDITIONS, NEGATIVE, PROMPT, bench_config
 
 QUICK_FAMILIES = ("sd", "sd3", "flux")
@@ -100,52 +100,6 @@ def _target(row: dict[str, Any]) -> dict[str, Any]:
     target = FULL_SIZE_TARGETS[row["family"]]
     ratio = row["conditions"]["nag"]["median_ratio"]
     return {"condition": "nag", "nag_over_unguided": ratio, "target": target, "met": ratio <= target}
-
-
-def _full_size_page(result: dict[str, Any]) -> list[str]:
-    """The full-size section (report.py has none yet): targets, times, memory, what was built."""
-    rows = [row for row in result["steps"] if row["kind"] == "full-size"]
-    if not rows:
-        return []
-    lines = [
-        "## Full-size denoisers, random weights" + (" (scaled down: --quick)" if result["quick"] else ""),
-        "",
-        (
-            "The architectures scaled down (few blocks, few and narrow heads, small latents) to check the code "
-            "path: these ratios say nothing about the real models. "
-            if result["quick"]
-            else "The real architectures at the real token counts. "
-        )
-        + f"Random weights, created on `{result['device']}` in {result['dtype']}; attention backend "
-        f"`{result['attention_backend']}`; {result['settings']['steps']} steps per call, "
-        f"{', '.join(sorted({str(row['repeats']) for row in rows}))} repeats. Target: NAG step / unguided step.",
-        "",
-        "| model | unguided step | NAG / unguided | target | met | NAG end 0.25 / unguided | CFG / unguided | "
-        "peak memory: unguided → NAG → CFG |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        conditions, target = row["conditions"], row["target"]
-        memory = " → ".join(f"{conditions[c]['peak_mib']:.0f}" for c in ("none", "nag", "cfg") if c in conditions)
-        lines.append(
-            f"| {row['family']} | {_step_time(conditions['none']['median_ms_per_step'])} | "
-            f"{_ratio(conditions['nag'])} | ≤ {target['target']:.2f}× | {'yes' if target['met'] else 'no'} | "
-            f"{_ratio(conditions.get('nag_end_0.25'))} | {_ratio(conditions.get('cfg'))} | {memory} MiB |"
-        )
-    return [
-        *lines,
-        "",
-        *_time_table(rows),
-        "",
-        "Peak memory above the weights, MiB:",
-        "",
-        *_memory_table(rows),
-        "",
-        "What was built:",
-        "",
-        *_built(rows),
-        "",
-    ]
 
 
 def _configs(families: tuple[str, ...] | None, quick: bool, realistic: bool) -> list[BenchConfig]:
@@ -249,9 +203,5 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     page = markdown(result)
-    section = _full_size_page(result)
-    if section:  # before the machine and the method, as the headline of the realistic rows is
-        head, machine_part = page.split("## Machine", 1) if "## Machine" in page else (page, None)
-        page = head + "\n".join(section) + "\n" + ("## Machine" + machine_part if machine_part is not None else "")
     (out / "benchmarks.md").write_text(page, encoding="utf-8")
     return page
