@@ -179,9 +179,9 @@ def flux_conditions(quick: bool = False) -> list[Condition]:
 FLUX_VSF_SCALE = 3.5
 """VSF's value scale on tiny-flux: the VSF authors' Flux-schnell value (their README), until a sweep says better."""
 
-VSF_SCALE = 0.5
-"""VSF's value scale on the embedded UNet model (the paper gives none for UNets; chosen by `nag eval`'s sweep of
-0.25–2: the smallest that removes the negative, docs/results.md)."""
+VSF_SCALE = 1.0
+"""VSF's value scale on the embedded UNet model (the paper gives none for UNets), chosen by the same worst-kind rule
+as the ``tiny`` preset (``eval.sweep``, docs/preset-sweep.md)."""
 
 
 def compared(condition: Condition) -> bool:
