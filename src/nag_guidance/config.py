@@ -110,6 +110,7 @@ def _preset(scale, tau, alpha, *, end=1.0, steps=None, guidance_scale=None, sour
     return Preset(NAGConfig(scale=scale, tau=tau, alpha=alpha, end=end), steps, guidance_scale, source)
 
 
+TINY_FLUX = "second embedded model: picked for its worst kind by a `nag eval` sweep (docs/preset-sweep-tiny-flux.md)"
 TINY = "embedded model: picked for its worst kind by a `nag eval` sweep (docs/results.md, how the preset was chosen)"
 GENERIC = "generic default: no published recommendation for this family"
 
@@ -172,6 +173,7 @@ PRESETS: dict[str, Preset] = {
     "ltx2": _preset(11, 2.5, 0.25, source="KJNodes LTX2_NAG node defaults (s 11, α 0.25, τ 2.5)"),
     "generic": _preset(5, 2.5, 0.25, source=GENERIC),
     "tiny": _preset(5, 1.25, 0.5, steps=4, guidance_scale=0.0, source=TINY),
+    "tiny-flux": _preset(5, 2.5, 0.25, steps=4, guidance_scale=0.0, source=TINY_FLUX),
 }
 """Named presets. Keys are what ``--preset`` / ``preset=`` accept."""
 

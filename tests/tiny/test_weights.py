@@ -129,3 +129,5 @@ def test_nag_apply_gives_the_embedded_model_its_own_preset(tmp_path):
     other = nag.apply(load_pipeline(path=tmp_path / "copy"))
     other("a circle", nag_negative_prompt="red", num_inference_steps=1, guidance_scale=0, output_type="latent")
     assert other.nag_report.config == nag.get_preset("sd15").config
+    flux = nag.apply(load_pipeline(model="tiny-flux"))
+    assert nag.defaults(flux) == nag.get_preset("tiny-flux").config

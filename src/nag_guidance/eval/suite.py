@@ -160,10 +160,7 @@ def _one_at_a_time(centre: tuple[float, float, float]) -> set[tuple[float, float
 def flux_conditions(quick: bool = False) -> list[Condition]:
     """tiny-flux (student): none, true CFG, VSF, and NAG at the model's preset with the prompt's and with the
     negative's pooled vector, at 1, 2 and 4 steps (quick: 1 step, no CFG or VSF)."""
-    from nag_guidance.integration.registry import registered_families
-
-    # tiny-flux has no preset of its own yet: the flux family's rule for a model without guidance embeds
-    config = get_preset(registered_families()["flux"].preset_for(None)).config
+    config = get_preset("tiny-flux").config
     nag = dict(scale=config.scale, tau=config.tau, alpha=config.alpha, model="tiny-flux")
     result = []
     for steps in (1,) if quick else (1, 2, 4):

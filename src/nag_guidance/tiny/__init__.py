@@ -17,6 +17,7 @@ _LOADING_NAMES = (
     "DEFAULT_STEPS",
     "TEACHER_STEPS",
     "WeightsError",
+    "embedded_model",
     "is_embedded",
     "load_feature_net",
     "load_pipeline",
@@ -29,10 +30,10 @@ __all__ = list(_LOADING_NAMES)
 
 
 def _embedded_preset(pipe: Any) -> str | None:
-    """The embedded model gets its own measured preset (``nag.apply`` asks this rule before the family's)."""
-    from nag_guidance.tiny.loading import is_embedded
+    """The embedded models get their own measured presets (``nag.apply`` asks this rule before the family's)."""
+    from nag_guidance.tiny.loading import embedded_model
 
-    return "tiny" if is_embedded(pipe) else None
+    return embedded_model(pipe)
 
 
 register_preset_rule(_embedded_preset)

@@ -68,10 +68,19 @@ def flux_weights_path() -> Path:
     return weights_path() / FLUX_DIR
 
 
-def is_embedded(pipe: object) -> bool:
-    """Whether ``pipe`` was loaded from the shipped weights folder (so it gets the ``tiny`` preset)."""
+def embedded_model(pipe: object) -> str | None:
+    """Which shipped model ``pipe`` was loaded from ("tiny", "tiny-flux"; None: another folder). Each gets the
+    preset of its name."""
     name = getattr(pipe, "name_or_path", None)
-    return bool(name) and Path(name).resolve() == weights_path() / PIPELINE_DIR
+    if not name:
+        return None
+    folder = Path(name).resolve()
+    return {weights_path() / PIPELINE_DIR: "tiny", flux_weights_path() / PIPELINE_DIR: "tiny-flux"}.get(folder)
+
+
+def is_embedded(pipe: object) -> bool:
+    """Whether ``pipe`` was loaded from the shipped weights folder of the first model (the ``tiny`` preset)."""
+    return embedded_model(pipe) == "tiny"
 
 
 def _sha256(path: Path) -> str:
