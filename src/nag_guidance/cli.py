@@ -276,17 +276,22 @@ def evaluate(
     from nag_guidance import generation
     from nag_guidance.eval import report, runner
     from nag_guidance.eval.suite import ALL_KINDS
+    from nag_guidance.tiny.loading import MODELS
 
+    embedded = model or "tiny"
+    own_model = embedded not in MODELS or clip_model is not None
+    if own_model and (model is None or clip_model is None or pairs is None):
+        fail(
+            "evaluating your own model needs --model, --clip-model (a local CLIP folder) and --pairs; the embedded "
+            "models need none of them: --model tiny or --model tiny-flux"
+        )
     with user_errors():
         generation.check_device(device)
         generation.check_output_folder(out)
         if docs is not None:
             generation.check_output_folder(docs, "--docs")
     quiet_model_loading()
-    from nag_guidance.tiny.loading import MODELS
-
-    embedded = model or "tiny"
-    if embedded not in MODELS or clip_model is not None:
+    if own_model:
         _user_eval(model, clip_model, pairs, out, seeds, device, steps)
         return
 
@@ -322,8 +327,6 @@ def evaluate(
 def _user_eval(model, clip_model, pairs, out: Path, seeds: int, device: str, steps) -> None:
     from nag_guidance.eval import user
 
-    if model is None or clip_model is None or pairs is None:
-        fail("evaluating your own model needs --model, --clip-model (a local CLIP folder) and --pairs")
     with user_errors():
         summary = user.run(model, clip_model, pairs, out, seeds=seeds, device=device, steps=steps)
     for method, values in summary.items():

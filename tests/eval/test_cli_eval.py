@@ -48,3 +48,10 @@ def test_quick_eval_of_tiny_flux_compares_both_pooled_vectors(tmp_path):
     assert page.startswith("# Results: NAG vs CFG vs nothing on the embedded `tiny-flux` model")
     assert "pooled=negative" in page and not (docs / "results.md").exists()
     assert (docs / "tiny-flux-eval-grid-student-1.png").stat().st_size > 0
+
+
+def test_an_unknown_model_without_clip_weights_names_the_embedded_ones(tmp_path):
+    result = CliRunner().invoke(app, ["eval", "--model", "tiny-fluxx", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "--model tiny or --model tiny-flux" in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
