@@ -153,6 +153,9 @@ def page(coarse_records: list[dict], final_records: list[dict], command: str, mo
         kept = "yes" if keeps_the_subject(final[label]) else "no"
         margin = 100 * worst_margin(final[label])
         lines.append(f"| {label} | {margin:+.1f} | {kept} | {_cells(final[label], ALL_KINDS)} |")
+    extra = [label for label in complete(final) if label not in finalists(coarse)]
+    if extra:
+        lines += ["", f"Also measured at stage 2, for comparison (not finalists): {', '.join(extra)}."]
     for method in ("nag", "vsf"):
         chosen = pick(final, method)
         met = chosen is not None and worst_margin(final[chosen]) >= 0
