@@ -23,6 +23,8 @@ def test_the_pick_keeps_the_subject_before_it_maximises_the_worst_kind():
     assert not sweep.keeps_the_subject(table["nag strong"]) and sweep.keeps_the_subject(table["nag mild"])
     assert sweep.pick(table, "nag") == "nag mild"  # "strong" has the better worst margin, but loses the subject
     assert sweep.pick(table, "vsf") is None
+    del table["nag mild"], table["nag milder"]
+    assert sweep.pick(table, "nag") == "nag strong"  # nothing keeps the subject: the best worst margin
     page = sweep.page(records, records, "python -m nag_guidance.eval.sweep")
     assert "**Chosen NAG: nag mild.** Target met on every core kind: no." in page
 

@@ -106,10 +106,11 @@ def finalists(coarse: dict) -> list[str]:
 
 
 def pick(final: dict, method: str) -> str | None:
-    """The chosen condition of one method (see the module docstring)."""
+    """The chosen condition of one method (see the module docstring); where no candidate keeps the subject, the
+    best worst margin of all (the page says so)."""
     candidates = [label for label, kinds in complete(final).items() if label.startswith(method)]
     kept = [label for label in candidates if keeps_the_subject(final[label])]
-    return max(kept, key=lambda label: worst_margin(final[label]), default=None)
+    return max(kept or candidates, key=lambda label: worst_margin(final[label]), default=None)
 
 
 def _cells(kinds: dict[str, dict[str, float]], names: tuple[str, ...]) -> str:
@@ -158,9 +159,11 @@ def page(coarse_records: list[dict], final_records: list[dict], command: str, mo
         lines += ["", f"Also measured at stage 2, for comparison (not finalists): {', '.join(extra)}."]
     for method in ("nag", "vsf"):
         chosen = pick(final, method)
-        met = chosen is not None and worst_margin(final[chosen]) >= 0
-        verdict = "yes" if met else "no"
-        lines += ["", f"**Chosen {method.upper()}: {chosen}.** Target met on every core kind: {verdict}."]
+        if chosen is None:
+            continue
+        verdict = "yes" if worst_margin(final[chosen]) >= 0 else "no"
+        kept = "" if keeps_the_subject(final[chosen]) else " No candidate kept adherence within the band."
+        lines += ["", f"**Chosen {method.upper()}: {chosen}.** Target met on every core kind: {verdict}.{kept}"]
     lines.append("")
     return "\n".join(lines)
 
