@@ -241,29 +241,12 @@ def joint_value_sign_flip_attention(
     image]); prompt-text queries see [prompt; image]; image queries of the conditional rows see [prompt; image;
     negative] in one softmax, the negative's logits shifted by ``bias`` and its values multiplied by −``vsf_scale``.
     Computed as NAG's joint path computes attention, by log-sum-exp merges of the parts."""
-    from nag_guidance.integration.attention import attention_with_lse, merge_attention
+    from nag_guidance.integration.attention import merge_attention
+    from nag_guidance.integration.joint_attention import joint_segments
 
     batch, heads, total, dim = q.shape
-    n_pos, n_neg = plan.text_length, plan.negative_length
-    n_img = total - n_pos - n_neg
-    start = 0 if text_first else n_img
-    pos = slice(start, start + n_pos)
-    neg = slice(start + n_pos, start + n_pos + n_neg)
-    img = slice(start + n_pos + n_neg, total) if text_first else slice(0, n_img)
-    rows = plan.rows
-    if plan.text_key_masks is not None:
-        image_keys = torch.ones(batch, n_img, dtype=torch.bool, device=q.device)
-        parts = [plan.text_key_masks[0].bool(), plan.text_key_masks[1].bool()]
-        mask = torch.cat([*parts, image_keys] if text_first else [image_keys, *parts], dim=1)[:, None, None, :]
-
-    def attend(queries: slice, keys: slice, r: slice = slice(None)):
-        m = None
-        if mask is not None:
-            m = mask if mask.shape[0] == 1 else mask[r]
-            m = m if m.shape[-2] == 1 else m[..., queries, :]
-            m = m[..., keys]
-        return attention_with_lse(q[r, :, queries], k[r, :, keys], v[r, :, keys], m, scale)
-
+    parts = joint_segments(q, k, v, mask, plan, text_first, scale)
+    pos, neg, img, attend, rows = parts.pos, parts.neg, parts.img, parts.attend, plan.rows
     out = q.new_empty(batch, total, heads, dim)
     merge_attention(attend(pos, pos), attend(pos, img), into=out[:, pos].transpose(1, 2))
     shared, prompt = attend(img, img), attend(img, pos)
