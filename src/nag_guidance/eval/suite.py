@@ -173,8 +173,9 @@ def flux_conditions(quick: bool = False) -> list[Condition]:
     return result
 
 
-FLUX_VSF_SCALE = 3.5
-"""VSF's value scale on tiny-flux: the VSF authors' Flux-schnell value (their README), until a sweep says better."""
+FLUX_VSF_SCALE = 0.25
+"""VSF's value scale on tiny-flux, by the same worst-kind rule (docs/preset-sweep-tiny-flux.md): the smallest swept;
+every scale loses a quarter or more of the prompt's adherence there."""
 
 VSF_SCALE = 1.0
 """VSF's value scale on the embedded UNet model (the paper gives none for UNets), chosen by the same worst-kind rule
