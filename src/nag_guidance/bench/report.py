@@ -184,6 +184,22 @@ def _method(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _tables(rows: list[dict[str, Any]], built: str = "What was built:") -> list[str]:
+    """A section's time table, memory table and what was built."""
+    return [
+        *_time_table(rows),
+        "",
+        "Peak memory above the weights, MiB:",
+        "",
+        *_memory_table(rows),
+        "",
+        built,
+        "",
+        *_built(rows),
+        "",
+    ]
+
+
 def _realistic(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
@@ -197,17 +213,11 @@ def _realistic(rows: list[dict[str, Any]]) -> list[str]:
         "weighs more against the projections and MLPs (tokens × width²) than in the real models, and a GPU "
         "weighs them differently again. Read them as the cost at these token counts, not as a GPU prediction.",
         "",
-        *_time_table(rows),
-        "",
-        "Peak memory above the weights, MiB:",
-        "",
-        *_memory_table(rows),
-        "",
-        "What was built (the tiny pipeline's text encoders stay; only their output width differs from the real "
-        "models', and their time is not measured):",
-        "",
-        *_built(rows),
-        "",
+        *_tables(
+            rows,
+            "What was built (the tiny pipeline's text encoders stay; only their output width differs from the "
+            "real models', and their time is not measured):",
+        ),
     ]
 
 
@@ -221,16 +231,7 @@ def _tiny(rows: list[dict[str, Any]]) -> list[str]:
         "family runs, but at a few dozen tokens and widths of 8–64 per-call overheads dominate, so these ratios "
         "say little about real models. They are here to catch regressions.",
         "",
-        *_time_table(rows),
-        "",
-        "Peak memory above the weights, MiB:",
-        "",
-        *_memory_table(rows),
-        "",
-        "What was built:",
-        "",
-        *_built(rows),
-        "",
+        *_tables(rows),
     ]
 
 
@@ -311,20 +312,7 @@ def _full_size(result: dict[str, Any]) -> list[str]:
             f"{_ratio(conditions['nag'])} | ≤ {target['target']:.2f}× | {'yes' if target['met'] else 'no'} | "
             f"{_ratio(conditions.get('nag_end_0.25'))} | {_ratio(conditions.get('cfg'))} | {memory} MiB |"
         )
-    return [
-        *lines,
-        "",
-        *_time_table(rows),
-        "",
-        "Peak memory above the weights, MiB:",
-        "",
-        *_memory_table(rows),
-        "",
-        "What was built:",
-        "",
-        *_built(rows),
-        "",
-    ]
+    return [*lines, "", *_tables(rows)]
 
 
 def markdown(result: dict[str, Any]) -> str:
