@@ -315,16 +315,8 @@ def run(model: Model, request: Request, method: str, progress: Callable[[int, in
         kwargs[argument] = request.cfg_scale
         kwargs["negative_prompt"] = request.negative
     if method == "nag":
-        kwargs.update(
-            nag_negative_prompt=request.negative,
-            nag_scale=config.scale,
-            nag_tau=config.tau,
-            nag_alpha=config.alpha,
-            nag_start=config.start,
-            nag_end=config.end,
-            nag_window=config.window,
-            nag_pooled=config.pooled,
-        )
+        kwargs["nag_negative_prompt"] = request.negative
+        kwargs.update({f"nag_{name}": value for name, value in config.as_dict().items()})  # every NAGConfig field
     if progress is not None and _accepts(pipe, "callback_on_step_end"):
         kwargs["callback_on_step_end"] = _step_callback(progress, steps)
     images = pipe(**kwargs).images
