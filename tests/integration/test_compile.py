@@ -40,6 +40,7 @@ def _compile(pipe, case, mode: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.compat("Compilation", "torch.compile (whole denoiser) and compile_repeated_blocks", "equal")
 @pytest.mark.parametrize(
     ("case_id", "mode", "pooled"),
     [
