@@ -24,9 +24,16 @@ are exactly what the pipeline feeds the denoiser), or ``set_negative(embeds)`` t
     image = pipe(prompt="a portrait of a man", num_inference_steps=25, output="images")[0]
     print(guider.report)  # what NAG did in that run: layers, steps, mean r, share clipped by tau
 
+Beside another diffusers guider (PAG, SLG, APG, ...), give it as ``base``: its passes and its combination run
+unchanged, and NAG guides its "pred_cond" pass only (never the unconditional or perturbed ones)::
+
+    pag = PerturbedAttentionGuidance(guidance_scale=5.0, perturbed_guidance_scale=3.0, perturbed_guidance_layers=[1])
+    guider = NormalizedAttentionGuidance(nag_scale=3.0, nag_alpha=0.5, base=pag)
+
 Its config (``save_pretrained`` / ``from_pretrained``) holds the parameters, not the negative, which is per run
-like a prompt. NAG acts on the pipeline door's window (``nag_start`` / ``nag_stop`` as fractions of the schedule,
-or of the steps with ``nag_window="steps"``); ``start`` / ``stop`` gate CFG, as in diffusers' guiders.
+like a prompt, nor ``base``, which is saved on its own. NAG acts on the pipeline door's window (``nag_start`` /
+``nag_stop`` as fractions of the schedule, or of the steps with ``nag_window="steps"``); ``start`` / ``stop`` gate
+CFG, as in diffusers' guiders.
 """
 
 from __future__ import annotations
@@ -70,10 +77,12 @@ class NormalizedAttentionGuidance(BaseGuidance):
     window, as ``NAGConfig``'s start, end and window (all six, validated, are ``guider.nag``). guidance_scale,
     guidance_rescale, start, stop: CFG, as in ``ClassifierFreeGuidance`` (CFG runs when ``guidance_scale > 1``).
     family: the NAG family of the denoiser (see ``nag families``); None picks it from the denoiser's class
-    (``DENOISER_FAMILIES``).
+    (``DENOISER_FAMILIES``). base: another diffusers guider whose passes and combination replace this one's CFG
+    (which must then keep its defaults); NAG guides its "pred_cond" pass.
     """
 
     _input_predictions = ["pred_cond", "pred_uncond"]
+    ignore_for_config = ["base"]
 
     @register_to_config
     def __init__(
@@ -90,6 +99,7 @@ class NormalizedAttentionGuidance(BaseGuidance):
         start: float = 0.0,
         stop: float = 1.0,
         enabled: bool = True,
+        base: BaseGuidance | None = None,
     ) -> None:
         super().__init__(start, stop, enabled)
         self.nag = NAGConfig(
@@ -97,6 +107,8 @@ class NormalizedAttentionGuidance(BaseGuidance):
         )
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
+        self._set_base(base)
+        self._pass_names: list[str] = []  # the base guider's passes of the current step, in order
         families = registered_families()
         if family is not None and not (family in families and families[family].attachable):
             usable = ", ".join(name for name, spec in families.items() if spec.attachable)
@@ -138,12 +150,33 @@ class NormalizedAttentionGuidance(BaseGuidance):
 
     # -- the guider protocol -------------------------------------------------------------------
 
+    def new(self, **kwargs: Any) -> NormalizedAttentionGuidance:
+        """A copy with ``kwargs`` changed, and a copy of the base guider (which the config does not hold)."""
+        base = kwargs.pop("base", None if self.base is None else self.base.new())
+        guider = self.__class__.from_config(self.config, **kwargs)
+        guider._set_base(base)
+        return guider
+
+    def _set_base(self, base: BaseGuidance | None) -> None:
+        if base is not None and (self.guidance_scale, self.guidance_rescale, self._start, self._stop) != (1, 0, 0, 1):
+            raise ValueError(
+                "with base=..., CFG is the base guider's: leave guidance_scale, guidance_rescale, start and stop "
+                "at their defaults"
+            )
+        if isinstance(base, NormalizedAttentionGuidance):
+            raise ValueError("base= takes a guider other than NormalizedAttentionGuidance: NAG cannot wrap itself")
+        self.base = base
+
     def set_state(self, step: int, num_inference_steps: int, timestep: torch.Tensor) -> None:
         super().set_state(step, num_inference_steps, timestep)
+        if self.base is not None:
+            self.base.set_state(step, num_inference_steps, timestep)
         if step == 0:
             self._calls = []  # a new run
 
     def prepare_inputs(self, data: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[BlockState]:
+        if self.base is not None:
+            return self._passes(self.base.prepare_inputs(data))
         return [
             self._prepare_batch(data, i, name) for i, name in enumerate(self._input_predictions[: self.num_conditions])
         ]
@@ -151,15 +184,24 @@ class NormalizedAttentionGuidance(BaseGuidance):
     def prepare_inputs_from_block_state(
         self, data: BlockState, input_fields: dict[str, str | tuple[str, str]]
     ) -> list[BlockState]:
+        if self.base is not None:
+            return self._passes(self.base.prepare_inputs_from_block_state(data, input_fields))
         return [
             self._prepare_batch_from_block_state(input_fields, data, i, name)
             for i, name in enumerate(self._input_predictions[: self.num_conditions])
         ]
 
+    def _passes(self, batches: list[BlockState]) -> list[BlockState]:
+        """The base guider's batches, whose names say which pass NAG guides."""
+        self._pass_names = [getattr(batch, self._identifier_key) for batch in batches]
+        return batches
+
     def prepare_models(self, denoiser: torch.nn.Module) -> None:
         """Arm NAG for the coming forward when it is the conditional pass of a step inside the NAG window."""
         self._count_prepared += 1
-        if not (self.is_conditional and self._enabled and self.nag.active):
+        if self.base is not None:
+            self.base.prepare_models(denoiser)
+        if not (self._is_nag_pass() and self._enabled and self.nag.active):
             return
         if self._negative is None:
             raise RuntimeError(
@@ -177,6 +219,11 @@ class NormalizedAttentionGuidance(BaseGuidance):
         handle = denoiser.__dict__.get(HANDLE_ATTRIBUTE)
         if handle is not None and handle.active:
             self._calls.append((handle, handle.state.end_call()))
+        if self.base is not None:
+            self.base.cleanup_models(denoiser)
+
+    def __call__(self, data: list[BlockState]) -> GuiderOutput:
+        return self.base(data) if self.base is not None else super().__call__(data)
 
     def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None) -> GuiderOutput:
         pred = pred_cond
@@ -188,11 +235,21 @@ class NormalizedAttentionGuidance(BaseGuidance):
 
     @property
     def is_conditional(self) -> bool:
-        return self._count_prepared == 1
+        return self.base.is_conditional if self.base is not None else self._count_prepared == 1
 
     @property
     def num_conditions(self) -> int:
+        if self.base is not None:
+            return self.base.num_conditions
         return 2 if self._is_cfg_enabled() else 1
+
+    def _is_nag_pass(self) -> bool:
+        """Whether the coming forward is the pass NAG guides: the conditional one (the base guider's "pred_cond";
+        its other conditional passes, such as PAG's perturbed "pred_cond_skip", are never guided)."""
+        if self.base is None:
+            return self.is_conditional
+        index = self._count_prepared - 1
+        return index < len(self._pass_names) and self._pass_names[index] == "pred_cond"
 
     # -- NAG -----------------------------------------------------------------------------------
 
