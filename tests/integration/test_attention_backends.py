@@ -1,8 +1,10 @@
 """diffusers attention backends (``set_attention_backend``) on applied pipelines.
 
 Cross-attention families run both branches through the processor itself, so on the configured backend. The joint
-families' guided call needs each partial attention's log-sum-exp and runs on PyTorch's fused kernels: with
-another backend configured, that is said (a one-time warning, a note in every affected report), never silent.
+families' guided call needs each partial attention's log-sum-exp: it gets it from the configured backend
+(diffusers' dispatch with ``return_lse=True``, else PyTorch's own kernel of that backend), and where the backend
+cannot give it, it runs on PyTorch's fused kernels and says so (a one-time warning, a note in every affected
+report), never silently. Every backend that runs on this CPU is checked against the float64 references.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+import torch
+from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
 import nag_guidance as nag
+from nag_guidance.integration import attention, joint_attention
 
+from . import test_cross_attention, test_joint_attention
 from .cases import BY_ID
 from .helpers import generate, relative_diff
 from .joint_cases import JOINT_CASES
@@ -21,13 +26,16 @@ from .joint_cases import JOINT_CASES
 NAG = {"nag_scale": 5.0, "nag_tau": 2.5, "nag_alpha": 0.5}
 NEGATIVE = "blurry dog"
 JOINT = {case.id: case for case in JOINT_CASES}
-BACKENDS = ["_native_math", "native"]
+CPU_BACKENDS = ["native", "_native_math", "_native_flash", "flex"]
 
 
 @pytest.fixture(autouse=True)
-def _restore_the_active_backend():
-    """``set_attention_backend`` also sets diffusers' process-wide active backend: put it back."""
+def _fresh_backend_state(monkeypatch):
+    """``set_attention_backend`` also sets diffusers' process-wide active backend: put it back; and forget which
+    backends gave a log-sum-exp, so that each test sees its own first use."""
     active = _AttentionBackendRegistry._active_backend
+    monkeypatch.setattr(attention, "_BACKEND_SOURCE", {})
+    monkeypatch.setattr(joint_attention, "_WARNED_BACKENDS", set())
     yield
     _AttentionBackendRegistry.set_active_backend(active)
 
@@ -42,24 +50,99 @@ def _guided(case, backend: str | None):
     return out, pipe.nag_report, [str(w.message) for w in caught if "attention backend" in str(w.message)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def _counted(monkeypatch, backend: str) -> list[int]:
+    """Count the calls of ``attention``'s PyTorch kernel of a backend."""
+    calls: list[int] = []
+    kernel = attention._TORCH_KERNELS[backend]
+
+    def counting(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    monkeypatch.setitem(attention._TORCH_KERNELS, backend, counting)
+    return calls
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("case_id", ["flux", "qwen-image"])
-def test_joint_families_say_when_the_guided_call_leaves_the_backend(case_id, backend):
+def test_joint_families_guide_on_every_cpu_backend(monkeypatch, case_id, backend):
+    """Equal to the float64 reference, computed on the backend's own kernel, and nothing to say."""
     case = JOINT[case_id]
-    default, _, _ = _guided(case, None)
+    calls = _counted(monkeypatch, backend) if backend in attention._TORCH_KERNELS else None
     out, report, warned = _guided(case, backend)
-    assert relative_diff(out, default) < 1e-4
-    noted = [w for w in report.warnings if "attention backend" in w]
-    if backend == "native":
-        assert noted == [] and warned == []
-    else:
-        assert report.active and len(noted) == 1 and backend in noted[0]
-
-
-@pytest.mark.parametrize("case_id", ["wan21-t2v"])
-def test_cross_families_run_on_the_configured_backend(case_id):
-    case = BY_ID[case_id]
-    default, _, _ = _guided(case, None)
-    out, report, warned = _guided(case, "_native_math")
-    assert relative_diff(out, default) < 1e-4
+    expected, _ = test_joint_attention.reference(case, NEGATIVE)
+    assert relative_diff(out, expected) <= 1e-5
     assert report.active and report.warnings == () and warned == []
+    if calls is not None:
+        assert len(calls) >= report.layers_guided > 0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cross_families_guide_on_every_cpu_backend(backend):
+    case = BY_ID["wan21-t2v"]
+    out, report, warned = _guided(case, backend)
+    expected, _ = test_cross_attention.reference(case, case.make(), [NEGATIVE], cond_rows=1)
+    assert relative_diff(out, expected) <= 1e-5
+    assert report.active and report.warnings == () and warned == []
+
+
+def _fake_backend(monkeypatch, gives_lse: bool) -> list[bool]:
+    """Stand in for a GPU-only backend (sage) with a CPU one: plain attention that returns the log-sum-exp when
+    asked, as flash-attn does, or refuses ``return_lse`` as xformers does. Records each call's ``return_lse``."""
+    asked: list[bool] = []
+
+    def fake(query, key, value, attn_mask=None, scale=None, return_lse=False, _parallel_config=None):
+        asked.append(return_lse)
+        if return_lse and not gives_lse:
+            raise ValueError("this backend does not support return_lse=True")
+        out, lse = attention._plain(*(t.transpose(1, 2) for t in (query, key, value)), attn_mask, scale)
+        out = out.transpose(1, 2)
+        return (out, lse.transpose(1, 2)) if return_lse else out  # lse as (B, S, H), as diffusers' CP ops give it
+
+    name = AttentionBackendName.SAGE
+    monkeypatch.setitem(_AttentionBackendRegistry._backends, name, fake)
+    monkeypatch.setitem(_AttentionBackendRegistry._constraints, name, [])
+    monkeypatch.setitem(
+        _AttentionBackendRegistry._supported_arg_names,
+        name,
+        {"query", "key", "value", "attn_mask", "scale", "return_lse", "_parallel_config"},
+    )
+    monkeypatch.setattr("diffusers.models.attention_dispatch._check_attention_backend_requirements", lambda b: None)
+    return asked
+
+
+def test_a_backend_that_returns_the_lse_is_used_through_diffusers_dispatch(monkeypatch):
+    asked = _fake_backend(monkeypatch, gives_lse=True)
+    case = JOINT["flux"]
+    out, report, warned = _guided(case, "sage")
+    expected, _ = test_joint_attention.reference(case, NEGATIVE)
+    assert relative_diff(out, expected) <= 1e-5
+    assert report.warnings == () and warned == []
+    assert asked.count(True) >= 4 * report.layers_guided  # the guided call's parts went through the backend
+
+
+def test_a_backend_without_lse_is_said_once_and_noted_in_each_report(monkeypatch):
+    asked = _fake_backend(monkeypatch, gives_lse=False)
+    case = JOINT["flux"]
+    out, report, warned = _guided(case, "sage")
+    expected, _ = test_joint_attention.reference(case, NEGATIVE)
+    assert relative_diff(out, expected) <= 1e-5
+    assert asked.count(True) == 1  # asked once: the refusal is remembered
+    noted = [w for w in report.warnings if "attention backend" in w]
+    assert report.active and len(noted) == 1 and "'sage'" in noted[0] and len(warned) == 1
+    _, again, warned_again = _guided(case, "sage")
+    assert len([w for w in again.warnings if "attention backend" in w]) == 1 and warned_again == []
+
+
+def test_a_backend_kernel_is_checked_on_first_use_and_dropped_if_it_disagrees(monkeypatch):
+    def wrong(backend, q, k, v, mask, scale):
+        out, lse = attention._plain(q, k, v, mask, scale)
+        return out + 1.0, lse
+
+    monkeypatch.setitem(attention._TORCH_KERNELS, "_native_math", wrong)
+    q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))
+    run = attention.BackendAttention("_native_math")
+    out, _ = run(q, k, v, None, None)
+    assert run.left_backend
+    assert torch.allclose(out, attention._plain(q, k, v, None, None)[0], atol=1e-5)
+    assert attention._BACKEND_SOURCE[("_native_math", "cpu", torch.float32, False)] is None

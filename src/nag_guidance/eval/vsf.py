@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from nag_guidance.integration.attention import attention_with_lse, merge_attention
 
 __all__ = [
     "VSFAttnProcessor",
@@ -230,6 +232,7 @@ def joint_value_sign_flip_attention(
     text_first: bool,
     scale: float | None,
     guide_,
+    attention: Callable[..., tuple[torch.Tensor, torch.Tensor]] = attention_with_lse,
     *,
     vsf_scale: float,
     bias: float = -0.1,
@@ -241,11 +244,10 @@ def joint_value_sign_flip_attention(
     image]); prompt-text queries see [prompt; image]; image queries of the conditional rows see [prompt; image;
     negative] in one softmax, the negative's logits shifted by ``bias`` and its values multiplied by −``vsf_scale``.
     Computed as NAG's joint path computes attention, by log-sum-exp merges of the parts."""
-    from nag_guidance.integration.attention import merge_attention
     from nag_guidance.integration.joint_attention import joint_segments
 
     batch, heads, total, dim = q.shape
-    parts = joint_segments(q, k, v, mask, plan, text_first, scale)
+    parts = joint_segments(q, k, v, mask, plan, text_first, scale, attention)
     pos, neg, img, attend, rows = parts.pos, parts.neg, parts.img, parts.attend, plan.rows
     out = q.new_empty(batch, total, heads, dim)
     merge_attention(attend(pos, pos), attend(pos, img), into=out[:, pos].transpose(1, 2))

@@ -5,14 +5,20 @@ softmax mass: with lse = log Σ exp(scores), out = out_A·exp(lse_A − lse) + o
 lse = logaddexp(lse_A, lse_B), i.e. a lerp from out_A to out_B by sigmoid(lse_B − lse_A). NAG's
 joint-attention path uses it to share the image×image attention between the prompt and negative branches.
 
-Tensors are (B, H, S, D). The log-sum-exp comes from PyTorch's fused kernels where they provide it (CPU flash,
-CUDA memory-efficient attention); the first use of a kernel on a device/dtype is checked against the plain
-computation, and a kernel that disagrees or fails is never used again in the process.
+Tensors are (B, H, S, D). ``attention_with_lse`` takes the log-sum-exp from PyTorch's fused kernels where they
+provide it (CPU flash, CUDA memory-efficient attention). ``BackendAttention`` computes it on the diffusers
+attention backend a processor is configured with (``set_attention_backend``): through diffusers'
+``dispatch_attention_fn(..., return_lse=True)`` where that backend returns it (flash-attn, FA3, sage ...), else
+with PyTorch's own kernel of that backend (``_native_math``, ``_native_flash``, ``_native_efficient``,
+``_native_cudnn``, ``flex``: diffusers 0.42 refuses ``return_lse`` there, or breaks on it outside context
+parallelism), and says when it could not. Every kernel's first use on a device/dtype is checked against the
+plain computation, and a kernel that disagrees or fails is never used again in the process.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -27,10 +33,7 @@ def attention_with_lse(
 
     ``mask`` is additive (float) or boolean (True = attend), broadcastable to (B, H, Sq, Sk).
     """
-    if mask is not None and mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-    elif mask is not None:
-        mask = mask.to(q.dtype)
+    mask = _additive(mask, q)
     key = (q.device.type, q.dtype)
     if torch.compiler.is_compiling():  # no data-dependent check can be traced: trust a kernel not found bad
         result = _kernel(q, k, v, mask, scale) if _KERNEL_OK.get(key, True) else None
@@ -50,6 +53,27 @@ def attention_with_lse(
     return _plain(q, k, v, mask, scale)
 
 
+class BackendAttention:
+    """``attention_with_lse`` on one diffusers attention backend (None or "native": PyTorch's default kernels).
+
+    ``left_backend`` becomes True when some call could not get the log-sum-exp from the backend and ran on
+    PyTorch's default kernels instead, so that the caller can say so."""
+
+    def __init__(self, backend: str | None) -> None:
+        self.backend = None if backend in (None, "native") else backend
+        self.left_backend = False
+
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.backend is not None:
+            result = _on_backend(self.backend, q, k, v, mask, scale)
+            if result is not None:
+                return result
+            self.left_backend = True
+        return attention_with_lse(q, k, v, mask, scale)
+
+
 def merge_attention(
     a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor], into: torch.Tensor
 ) -> torch.Tensor:
@@ -65,6 +89,107 @@ def merge_attention(
     if out_a.dtype == torch.float32 and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return torch.lerp(out_a, out_b, weight, out=into)
     return into.copy_(torch.lerp(out_a.float(), out_b.float(), weight))
+
+
+def _on_backend(backend: str, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(out, lse) on ``backend``: diffusers' dispatch first, then PyTorch's kernel of that backend; None where
+    neither works (or agrees with the plain computation on first use)."""
+    key = (backend, q.device.type, q.dtype, mask is not None)
+    mask = _additive(mask, q)
+    if torch.compiler.is_compiling():  # nothing data-dependent can be traced: the source found good eagerly
+        source = _BACKEND_SOURCE.get(key)
+        return None if source is None else source(backend, q, k, v, mask, scale)
+    if key in _BACKEND_SOURCE:
+        candidates = [] if _BACKEND_SOURCE[key] is None else [_BACKEND_SOURCE[key]]
+    else:
+        candidates = [_dispatched] + ([_TORCH_KERNELS[backend]] if backend in _TORCH_KERNELS else [])
+    for source in candidates:
+        try:
+            result = source(backend, q, k, v, mask, scale)
+        except (RuntimeError, ValueError, TypeError, AttributeError, NotImplementedError):
+            continue  # the backend refuses return_lse, lacks a kernel here, or diffusers breaks on it
+        if key in _BACKEND_SOURCE or _agrees(result, q, k, v, mask, scale):
+            _BACKEND_SOURCE[key] = source
+            return result
+    _BACKEND_SOURCE[key] = None
+    return None
+
+
+def _dispatched(backend: str, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """Through diffusers' dispatch (masks, as every source here gets them, are additive), whose tensors are (B, S, H, D); backends give the lse as (B, H, S), (B, S, H)
+    or with a trailing 1."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    out, lse = dispatch_attention_fn(
+        *(t.transpose(1, 2) for t in (q, k, v)),
+        attn_mask=mask,
+        scale=scale,
+        backend=backend,
+        attention_kwargs={"return_lse": True},
+    )
+    batch, heads, length = q.shape[:3]
+    lse = lse.reshape(lse.shape[:3])
+    if lse.shape != (batch, heads, length):
+        lse = lse.transpose(1, 2)
+    return out.transpose(1, 2), lse.float()
+
+
+def _native_flash(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    if q.device.type == "cpu":
+        return _kernel(q, k, v, mask, scale)
+    if mask is not None:
+        raise ValueError("flash attention takes no mask")
+    out, lse, *_ = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)
+    return out, lse.float()
+
+
+def _native_efficient(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    if q.device.type != "cuda":
+        raise NotImplementedError("memory-efficient attention runs on CUDA only")
+    return _kernel(q, k, v, mask, scale)
+
+
+def _native_cudnn(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    bias = None if mask is None else mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    out, lse, *_ = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        q, k, v, bias, True, 0.0, False, False, scale=scale
+    )
+    return out, lse.reshape(q.shape[:3]).float()
+
+
+def _native_math(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    return _plain(q, k, v, mask, scale)
+
+
+def _flex(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    score_mod = None
+    if mask is not None:
+        bias = mask.expand(q.shape[0], 1, q.shape[2], k.shape[2])
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + bias[b, 0, q_idx, kv_idx]
+
+    out, lse = flex_attention(q, k, v, score_mod=score_mod, scale=scale, return_lse=True)
+    return out, lse.float()
+
+
+_TORCH_KERNELS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "_native_math": _native_math,
+    "_native_flash": _native_flash,
+    "_native_efficient": _native_efficient,
+    "_native_cudnn": _native_cudnn,
+    "flex": _flex,
+}
+# (backend, device type, dtype, masked) -> the source that works there, None where none does
+_BACKEND_SOURCE: dict[tuple[str, str, torch.dtype, bool], Callable[..., tuple[torch.Tensor, torch.Tensor]] | None] = {}
+
+
+def _additive(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
+    if mask is None or mask.dtype != torch.bool:
+        return None if mask is None else mask.to(q.dtype)
+    return torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
 
 
 def _kernel(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -12,8 +12,8 @@ attention function is intercepted and replaced by ``guided_joint_attention``:
 - prompt-text queries attend to [prompt text; image], negative-text queries to [negative text; image];
 - image queries attend to both key sets, giving Z+ and Z-. Attention over a union of key sets is the
   log-sum-exp-weighted merge of attention over each set, so the image×image part — the expensive one — is
-  computed once and shared; only the short image×text parts are computed per branch (the parts run on
-  PyTorch's fused attention kernels, not on the processor's configured diffusers backend);
+  computed once and shared; only the short image×text parts are computed per branch (the parts run on the
+  processor's configured diffusers backend where it can return the log-sum-exp, see ``BackendAttention``);
 - on the conditional rows the image outputs become NAG(Z+, Z-), before the processor's output projection.
 
 The negative's text tokens are modulated with the prompt rows' embedding (timestep + the prompt's pooled
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from nag_guidance.integration import negative_text
-from nag_guidance.integration.attention import attention_with_lse, merge_attention
+from nag_guidance.integration.attention import BackendAttention, attention_with_lse, merge_attention
 from nag_guidance.integration.hooks import ProcessorWrapper
 from nag_guidance.integration.registry import Family, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState
@@ -137,14 +137,14 @@ class _GuidedCall:
         if self.done:
             return original(query, key, value, attn_mask, *args, **kwargs)
         self.done = True
-        backend = _configured_backend(kwargs)
-        if backend is not None:
-            _say_backend_not_used(self.state, backend)
+        attention = BackendAttention(_configured_backend(kwargs))
         bhsd = self.layout.function == "sdpa"
         q, k, v = (t if bhsd else t.transpose(1, 2) for t in (query, key, value))
         out = guided_joint_attention(
-            q, k, v, attn_mask, self.plan, self.layout.text_first, kwargs.get("scale"), self._guide
+            q, k, v, attn_mask, self.plan, self.layout.text_first, kwargs.get("scale"), self._guide, attention
         )
+        if attention.left_backend:
+            _say_backend_not_used(self.state, attention.backend)
         return out.transpose(1, 2) if bhsd else out
 
     def _guide(self, z_pos: torch.Tensor, z_neg: torch.Tensor) -> None:
@@ -179,7 +179,7 @@ class _RowsGuidedCall:
 
 def _configured_backend(kwargs: dict) -> str | None:
     """The diffusers attention backend the processor asks for (its own, else the active one), None for PyTorch's
-    default SDPA ("native"): the partial attentions of the guided call run on PyTorch's kernels whatever it is."""
+    default SDPA ("native")."""
     backend = kwargs.get("backend")
     if backend is None:
         from diffusers.models.attention_dispatch import _AttentionBackendRegistry
@@ -196,8 +196,9 @@ _WARNED_BACKENDS: set[str] = set()
 def _say_backend_not_used(state: NAGState, backend: str) -> None:
     """Never silently: a one-time warning per backend, and a note in every affected call's report."""
     text = (
-        f"attention backend {backend!r}: NAG's guided joint attention ran on PyTorch's fused kernels instead (it "
-        "needs each partial attention's log-sum-exp); unguided layers and steps use the configured backend"
+        f"attention backend {backend!r} returns no log-sum-exp here: NAG's guided joint attention ran on PyTorch's "
+        "fused kernels instead (it needs each partial attention's log-sum-exp); unguided layers and steps use the "
+        "configured backend"
     )
     if state.call is not None:
         state.call.note(text)
@@ -225,8 +226,10 @@ def joint_segments(
     plan: ForwardPlan,
     text_first: bool,
     scale: float | None,
+    attention: Callable[..., tuple[torch.Tensor, torch.Tensor]] = attention_with_lse,
 ) -> JointSegments:
-    """The segments of [prompt text | negative text | image] (in the family's order) of (B, H, S, D) tensors."""
+    """The segments of [prompt text | negative text | image] (in the family's order) of (B, H, S, D) tensors;
+    ``attention`` computes each part with its log-sum-exp (``attention_with_lse`` or a ``BackendAttention``)."""
     batch, _, total, _ = q.shape
     n_pos, n_neg = plan.text_length, plan.negative_length
     n_img = total - n_pos - n_neg
@@ -247,7 +250,7 @@ def joint_segments(
             m = mask if mask.shape[0] == 1 else mask[r]
             m = m if m.shape[-2] == 1 else m[..., queries, :]
             m = m[..., keys]
-        return attention_with_lse(q[r, :, queries], k[r, :, keys], v[r, :, keys], m, scale)
+        return attention(q[r, :, queries], k[r, :, keys], v[r, :, keys], m, scale)
 
     return JointSegments(pos, neg, img, attend)
 
@@ -261,17 +264,18 @@ def guided_joint_attention(
     text_first: bool,
     scale: float | None,
     guide_: Callable[[torch.Tensor, torch.Tensor], None],
+    attention: Callable[..., tuple[torch.Tensor, torch.Tensor]] = attention_with_lse,
 ) -> torch.Tensor:
     """Joint attention over [prompt text | negative text | image] with NAG on the image queries of the
     conditional rows; see the module docstring.
 
     ``q``, ``k``, ``v`` are (B, H, S, D); the result is (B, S, H, D), i.e. heads already next to each other per
     token, so that ``guide_(z_pos, z_neg)`` gets (rows, N, H·D) views and guides Z+ in place. Every part is
-    computed by ``attention_with_lse`` and merged by log-sum-exp weight: no key/value concatenation, and the
-    image×image part is computed once.
+    computed by ``attention`` and merged by log-sum-exp weight: no key/value concatenation, and the image×image
+    part is computed once.
     """
     batch, heads, total, dim = q.shape
-    parts = joint_segments(q, k, v, mask, plan, text_first, scale)
+    parts = joint_segments(q, k, v, mask, plan, text_first, scale, attention)
     pos, neg, img, attend = parts.pos, parts.neg, parts.img, parts.attend
     rows = plan.rows
     out = q.new_empty(batch, total, heads, dim)
