@@ -46,11 +46,11 @@ class CrossAttentionNAG(ProcessorWrapper):
         if plan is None:
             return self.processor(attn, *args, **kwargs)
         bound = self.signature.bind(attn, *args, **kwargs)
-        context = bound.arguments.get("encoder_hidden_states")
-        if not isinstance(context, torch.Tensor):
-            self.state.call.note(f"{self.layer}: the text context is not a tensor (IP-Adapter?): left unguided")
+        text, image_prompt = _text_and_image_prompt(bound.arguments.get("encoder_hidden_states"))
+        if text is None:
+            self.state.call.note(f"{self.layer}: the text context is not a tensor: left unguided")
             return self.processor(attn, *args, **kwargs)
-        positive, negative = _split(bound, plan)
+        positive, negative = _split(bound, plan, text, image_prompt)
         rows = plan.rows
         hidden = bound.arguments["hidden_states"]
         negative = _take_rows(negative, rows, hidden.shape[0])
@@ -65,9 +65,22 @@ class CrossAttentionNAG(ProcessorWrapper):
         return self.processor(guided, *positive.args[1:], **positive.kwargs)
 
 
-def _split(bound, plan: ForwardPlan):
-    """Two bindings of the processor call: one with the prompt's context (and mask), one with the negative's."""
-    context = bound.arguments["encoder_hidden_states"]
+def _text_and_image_prompt(context: Any) -> tuple[torch.Tensor | None, list | None]:
+    """The text context, and the IP-Adapter's image-prompt states when the UNet passes them along with it
+    (``(text, [image-prompt states per adapter])``, which diffusers' IP-Adapter processors take apart)."""
+    if isinstance(context, torch.Tensor):
+        return context, None
+    if isinstance(context, tuple) and len(context) == 2 and isinstance(context[0], torch.Tensor):
+        return context
+    return None, None
+
+
+def _split(bound, plan: ForwardPlan, context: torch.Tensor, image_prompt: list | None):
+    """Two bindings of the processor call: one with the prompt's context (and mask), one with the negative's.
+
+    The IP-Adapter's image prompt goes to both branches unchanged: the negative replaces the text only, so NAG
+    guides away from the negative text while the image prompt's attention, which the processor adds to the
+    text attention before ``to_out[0]``, is the same in Z+ and Z-."""
     total = context.shape[1]
     cut = total - plan.negative_length
     prefix = cut - plan.text_length  # tokens the model put in front of the text (Wan I2V image context)
@@ -77,9 +90,12 @@ def _split(bound, plan: ForwardPlan):
             f"({plan.negative_length}): the model changed the text length, which NAG cannot follow"
         )
     # contiguous copies (a few text tokens): the prompt branch then runs on exactly the stock memory layout
-    positive = _rebind(bound, encoder_hidden_states=context[:, :cut].contiguous())
     negative_context = context[:, cut:] if prefix == 0 else torch.cat([context[:, :prefix], context[:, cut:]], 1)
-    negative = _rebind(bound, encoder_hidden_states=negative_context.contiguous())
+    contexts = [context[:, :cut].contiguous(), negative_context.contiguous()]
+    if image_prompt is not None:
+        contexts = [(text, image_prompt) for text in contexts]
+    positive = _rebind(bound, encoder_hidden_states=contexts[0])
+    negative = _rebind(bound, encoder_hidden_states=contexts[1])
     mask = bound.arguments.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.shape[-1] == total:
         positive.arguments["attention_mask"] = mask[..., :cut].contiguous()
@@ -105,6 +121,10 @@ def _take_rows(bound, rows: slice, batch: int):
         for name, value in bound.arguments.items()
         if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch
     }
+    context = bound.arguments.get("encoder_hidden_states")
+    if isinstance(context, tuple):  # (text, IP-Adapter image-prompt states): one batch of rows each
+        text, image_prompt = context
+        taken["encoder_hidden_states"] = (text[rows], [states[rows] for states in image_prompt])
     return _rebind(bound, **taken)
 
 

@@ -20,6 +20,7 @@ import torch
 
 from nag_guidance.config import NAGConfig, get_preset, preset_rule
 from nag_guidance.integration.denoiser import NAGHandle
+from nag_guidance.integration.hooks import unwrap_processors
 from nag_guidance.integration.registry import Family, detect
 from nag_guidance.integration.report import inactive_report, report_from_call
 from nag_guidance.integration.state import NAGState, NegativeText, schedule_of
@@ -40,6 +41,10 @@ NAG_CALL_ARGUMENTS = (
 """The keyword arguments an applied pipeline's ``__call__`` accepts in addition to the stock ones."""
 
 _IMAGES_PER_PROMPT = ("num_images_per_prompt", "num_videos_per_prompt")
+
+_ON_STOCK_PROCESSORS = ("load_ip_adapter", "set_ip_adapter_scale", "unload_ip_adapter")
+"""Pipeline methods that find attention processors by class or rebuild them from it (diffusers' IP-Adapter
+loaders): on an applied pipeline they run on the stock processors, which NAG wraps again afterwards."""
 
 
 @dataclass
@@ -171,6 +176,9 @@ def _applied_class(base: type) -> type:
         methods["__call__"].__signature__ = _call_signature(base)
         if hasattr(base, "encode_prompt"):
             methods["encode_prompt"] = _with_signature(_NAGPipelineMixin.encode_prompt, base.encode_prompt)
+        for name in _ON_STOCK_PROCESSORS:
+            if hasattr(base, name):
+                methods[name] = _with_signature(_on_stock_processors(name), getattr(base, name))
         cls = type(base.__name__, (_NAGPipelineMixin, base), methods)
         cls.__qualname__ = base.__qualname__
         _APPLIED_CLASSES[base] = cls
@@ -186,6 +194,26 @@ def _with_signature(method: Any, stock: Any) -> Any:
         return method(self, *args, **kwargs)
 
     return wrapper
+
+
+def _on_stock_processors(name: str) -> Any:
+    """The stock pipeline method ``name``, run with NAG's processor wrappers taken off the denoisers (so that
+    diffusers' ``isinstance`` checks and ``type(processor)()`` rebuilds see its own classes) and put back after."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        session: Session = self._nag_session
+        state = session.state
+        for attr in session.family.denoisers:
+            model = getattr(self, attr, None)
+            if model is not None:
+                unwrap_processors(model, state)
+        try:
+            return getattr(session.base_class, name)(self, *args, **kwargs)
+        finally:
+            for rewrap in state.rewrappers:
+                rewrap()
+
+    return method
 
 
 def _call_signature(base: type) -> inspect.Signature:
