@@ -83,6 +83,8 @@ class MatrixWriter:
             return
         if report.failed:
             self.outcomes[report.nodeid] = ("failed", "")
+        elif hasattr(report, "wasxfail"):
+            self.outcomes[report.nodeid] = ("xfailed", report.wasxfail)
         elif report.skipped and report.nodeid not in self.outcomes:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
             self.outcomes[report.nodeid] = ("skipped", reason.removeprefix("Skipped: "))

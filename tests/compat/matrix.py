@@ -59,21 +59,20 @@ class Row:
     verdict: str
     checks: str
     families: list[str] = field(default_factory=list)
-    outcomes: list[tuple[str, str]] = field(default_factory=list)  # (passed/failed/skipped, skip reason)
+    outcomes: list[tuple[str, str]] = field(default_factory=list)  # (passed/failed/skipped/xfailed, reason)
 
     def result(self) -> str:
         failed = sum(outcome == "failed" for outcome, _ in self.outcomes)
         passed = sum(outcome == "passed" for outcome, _ in self.outcomes)
-        skips: dict[str, int] = {}
+        reasons: dict[tuple[str, str], int] = {}  # (skipped/xfailed, reason) -> count
         for outcome, reason in self.outcomes:
-            if outcome == "skipped":
-                skips[reason] = skips.get(reason, 0) + 1
+            if outcome in ("skipped", "xfailed"):
+                reasons[outcome, reason] = reasons.get((outcome, reason), 0) + 1
         parts = [f"FAILED ({failed} of {len(self.outcomes)})"] if failed else []
         parts += [f"passed ({passed})"] if passed else []
-        parts += [
-            f"skipped ({count}): {reason}" if len(skips) > 1 or passed else f"skipped: {reason}"
-            for reason, count in skips.items()
-        ]
+        for (outcome, reason), count in reasons.items():
+            label = "skipped" if outcome == "skipped" else "expected failure"
+            parts.append(f"{label} ({count}): {reason}" if len(reasons) > 1 or passed else f"{label}: {reason}")
         return "; ".join(parts)
 
 

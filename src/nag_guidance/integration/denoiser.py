@@ -66,6 +66,20 @@ class NAGHandle:
         for rewrap in self.state.rewrappers:
             rewrap()
 
+    def refuse_unsupported_caches(self) -> None:
+        """Raise before any compute if a denoiser runs diffusers' FasterCache: on the steps where it skips the
+        unconditional half of a batched-CFG forward, it drops those rows inside the denoiser's forward, after NAG
+        chose which rows to guide, so NAG would guide the wrong rows (or fail on a shape mismatch)."""
+        for attr in self.family.denoisers:
+            model = getattr(self.owner, attr, None)
+            config = getattr(getattr(model, "_orig_mod", model), "_cache_config", None)
+            if type(config).__name__ == "FasterCacheConfig":
+                raise ValueError(
+                    f"NAG does not support FasterCache (enabled on {attr}): it drops the unconditional rows inside "
+                    f"the denoiser after NAG chose the rows to guide; call {attr}.disable_cache() or use another "
+                    "cache (FirstBlockCache, MagCache, TaylorSeer, PyramidAttentionBroadcast)"
+                )
+
     def _uninstall(self) -> None:
         while self._undo:
             self._undo.pop()()
@@ -101,6 +115,7 @@ class NAGHandle:
         if not config.full_window and config.window == "steps" and not num_steps:
             raise ValueError("a partial step window (start/end, window='steps') needs begin(..., num_steps=n)")
         self.refresh()
+        self.refuse_unsupported_caches()
         negative = (
             negative_embeds
             if isinstance(negative_embeds, NegativeText)
