@@ -122,3 +122,19 @@ def test_nag_cannot_be_installed_twice_on_one_denoiser():
     assert hook_snapshot(pipe.transformer) == before and not nag.is_applied(pipe)  # nothing half-installed
     handle.remove()
     nag.apply(pipe)  # free again
+
+
+def test_begin_refuses_a_joint_denoiser_under_context_parallelism():
+    """What ``enable_parallelism`` leaves on the model (its ``_parallel_config``) is enough: the two-rank runs are
+    in tests/compat/test_context_parallel.py."""
+    from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig
+
+    pipe = fj.make_flux(guidance_embeds=False)
+    handle = nag.attach(pipe.transformer, family="flux")
+    pipe.transformer._parallel_config = ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=2))
+    with pytest.raises(ValueError, match="context parallelism .* NAG cannot guide it"):
+        handle.begin(torch.zeros(1, 3, pipe.transformer.config.joint_attention_dim))
+    assert not handle.active
+    pipe.transformer._parallel_config = None
+    handle.begin(torch.zeros(1, 3, pipe.transformer.config.joint_attention_dim))
+    assert handle.active

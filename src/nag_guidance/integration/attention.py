@@ -116,8 +116,8 @@ def _on_backend(backend: str, q, k, v, mask, scale) -> tuple[torch.Tensor, torch
 
 
 def _dispatched(backend: str, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
-    """Through diffusers' dispatch (masks, as every source here gets them, are additive), whose tensors are (B, S, H, D); backends give the lse as (B, H, S), (B, S, H)
-    or with a trailing 1."""
+    """Through diffusers' dispatch, whose tensors are (B, S, H, D) (masks, as every source here gets them, are
+    additive); backends give the lse as (B, H, S), (B, S, H) or with a trailing 1."""
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
     out, lse = dispatch_attention_fn(

@@ -80,6 +80,26 @@ class NAGHandle:
                     "cache (FirstBlockCache, MagCache, TaylorSeer, PyramidAttentionBroadcast)"
                 )
 
+    def context_parallel_refusal(self) -> str | None:
+        """Why NAG cannot guide these denoisers under diffusers' context parallelism (``enable_parallelism`` with a
+        ``ContextParallelConfig``), or None. The joint-attention path computes the prompt and negative branches'
+        attention itself, on each rank's shard of the sequence only (it takes no part in diffusers' all-to-all /
+        ring exchange), so its result would be silently wrong; cross-attention NAG is per image token and the text
+        is never sharded, so it is exact (tested with Ulysses on Wan)."""
+        from nag_guidance.integration import cross_attention
+
+        if self.family.install is cross_attention.install:
+            return None
+        for attr in self.family.denoisers:
+            model = getattr(self.owner, attr, None)
+            parallel = getattr(getattr(model, "_orig_mod", model), "_parallel_config", None)
+            if getattr(parallel, "context_parallel_config", None) is not None:
+                return (
+                    f"{attr} runs with context parallelism (enable_parallelism), which NAG's joint attention does "
+                    "not follow"
+                )
+        return None
+
     def _uninstall(self) -> None:
         while self._undo:
             self._undo.pop()()
@@ -116,6 +136,9 @@ class NAGHandle:
             raise ValueError("a partial step window (start/end, window='steps') needs begin(..., num_steps=n)")
         self.refresh()
         self.refuse_unsupported_caches()
+        refusal = self.context_parallel_refusal()
+        if refusal is not None:
+            raise ValueError(f"{refusal}: NAG cannot guide it; disable parallelism or NAG")
         negative = (
             negative_embeds
             if isinstance(negative_embeds, NegativeText)

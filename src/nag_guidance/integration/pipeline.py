@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from nag_guidance.config import NAGConfig, get_preset, preset_rule
-from nag_guidance.integration import cross_attention
 from nag_guidance.integration.denoiser import NAGHandle
 from nag_guidance.integration.hooks import unwrap_processors
 from nag_guidance.integration.registry import Family, detect
@@ -108,24 +107,6 @@ def stock_class(pipe: Any) -> type:
     """The pipeline's own class (an applied pipeline's class is a same-named subclass of it)."""
     session = _session(pipe)
     return session.base_class if session is not None else type(pipe)
-
-
-def context_parallel_refusal(family: Family, pipe: Any) -> str | None:
-    """Why NAG cannot guide this pipeline's call under diffusers' context parallelism (``enable_parallelism`` with a
-    ``ContextParallelConfig``), or None. The joint-attention path computes the prompt and negative branches' attention
-    itself, on each rank's shard of the sequence only (it does not take part in diffusers' all-to-all / ring
-    exchange), so its result would be silently wrong; cross-attention NAG is per image token and the text is never
-    sharded, so it is exact (tested with Ulysses on Wan)."""
-    if family.install is cross_attention.install:
-        return None
-    for attr in family.denoisers:
-        parallel = getattr(getattr(pipe, attr, None), "_parallel_config", None)
-        if getattr(parallel, "context_parallel_config", None) is not None:
-            return (
-                f"{attr} runs with context parallelism (enable_parallelism), which NAG's joint attention does not "
-                "follow: ran the stock pipeline"
-            )
-    return None
 
 
 def _steps_of(pipe: Any) -> int | None:
@@ -329,8 +310,9 @@ class _NAGPipelineMixin:
             reason = "scale is 1" if config.scale == 1.0 else "alpha is 0"
             self.nag_report = inactive_report(family, config, f"{reason}: ran the stock pipeline")
             return super().__call__(*args, **kwargs)
-        refusal = context_parallel_refusal(session.family, self)
+        refusal = session.handle.context_parallel_refusal()
         if refusal is not None:
+            refusal += ": ran the stock pipeline"
             warnings.warn(refusal, stacklevel=3)
             self.nag_report = inactive_report(family, config, refusal)
             return super().__call__(*args, **kwargs)
