@@ -29,7 +29,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    path = config.getoption("--compat-doc")
+    path = config.getoption("--compat-doc", default=None)  # None too where this conftest loads late (pytest tests)
     if path and not config.pluginmanager.has_plugin("compat-matrix"):
         config.pluginmanager.register(MatrixWriter(Path(path)), "compat-matrix")
 

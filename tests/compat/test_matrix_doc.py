@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.compat.matrix import COMMAND, DOC, declared_cells, parse
 
 
-def test_compatibility_page_lists_exactly_the_current_cells() -> None:
+def test_compatibility_page_lists_exactly_the_current_cells(pytestconfig: pytest.Config) -> None:
+    if pytestconfig.getoption("--compat-doc", default=None):
+        pytest.skip("this run rewrites the page")
     listed = parse(DOC.read_text())
     declared = declared_cells()
     assert declared, "no compat cell found"
