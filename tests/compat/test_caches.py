@@ -26,9 +26,10 @@ COMPAT_NOTE = """What a cache hit reuses when NAG is on: the caches keep one sta
 the last computed step. A block cache (FirstBlockCache, MagCache) adds the residual of the skipped blocks from that
 step, a guided residual, so the NAG effect carries over; TaylorSeer extrapolates module outputs from guided steps;
 PyramidAttentionBroadcast reuses the guided attention output of its last computed step. The unconditional pass
-reuses only stock computations, except with PAB, whose single cache serves both CFG passes of pipelines that run
-them separately (stock diffusers behaviour): on Flux with true CFG that is a known failure (below), so the PAB
-cells run Flux with its distilled guidance only. ``nag_report.steps_guided`` counts every conditional denoiser
+reuses only stock computations. PAB is the exception: it keeps a single attention cache, which serves both CFG
+branches of pipelines that run them as separate forwards (Flux's true CFG, Wan), so one branch would reuse the
+other's attention; NAG refuses that combination with a clear error (below), and the PAB cells run without CFG.
+``nag_report.steps_guided`` counts every conditional denoiser
 forward, hit or not. FasterCache is refused: it drops the unconditional half of a batched-CFG forward inside the
 denoiser, after NAG has chosen which rows to guide."""
 
@@ -37,6 +38,7 @@ STEPS = 4  # the caches need computed steps before they can hit
 FAMILIES = [JOINT["flux"], CROSS["wan21-t2v"]]
 IDS = [case.id for case in FAMILIES]
 CFG = {"flux": JOINT["flux"].cfg_kwargs, "wan21-t2v": {"guidance_scale": 3.0}}
+NO_CFG = {"flux": {}, "wan21-t2v": {"guidance_scale": 1.0}}
 
 CacheFactory = Callable[[Any], Any]  # pipeline -> cache config
 
@@ -77,8 +79,8 @@ HITS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 def _call(case: Any, cache: str) -> dict:
-    """The call arguments: CFG on, except PAB on Flux (see test_pab_with_true_cfg_on_flux)."""
-    cfg = {} if (cache, case.id) == ("PyramidAttentionBroadcastConfig", "flux") else CFG[case.id]
+    """The call arguments: CFG on, except with PAB (see test_pab_with_separate_cfg_passes_is_refused)."""
+    cfg = NO_CFG[case.id] if cache == "PyramidAttentionBroadcastConfig" else CFG[case.id]
     return {"num_inference_steps": STEPS, **cfg}
 
 
@@ -115,20 +117,23 @@ def test_cache_hits_keep_nag_acting(case: Any, cache: str) -> None:
     assert relative_diff(guided, stock) > 1e-3
 
 
-@pytest.mark.compat("Caches", "enable_cache(PyramidAttentionBroadcastConfig) with true CFG, joint families", "kept")
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=True,
-    reason="known bug: PAB keeps one cache for both CFG passes, so the uncond pass gets the cond pass's attention "
-    "output, whose text stream NAG extended with the negative's tokens (shape mismatch)",
-)
-@pytest.mark.parametrize("case", [JOINT["flux"]], ids=["flux"])
-def test_pab_with_true_cfg_on_flux(case: Any) -> None:
-    """PAB hits with Flux's true CFG (separate cond and uncond passes) and NAG: NAG stays active and the run
-    completes."""
+@pytest.mark.compat("Caches", "enable_cache(PyramidAttentionBroadcastConfig) with separate CFG passes", "refused")
+@pytest.mark.parametrize("case", FAMILIES, ids=IDS)
+def test_pab_with_separate_cfg_passes_is_refused(case: Any) -> None:
+    """PAB with CFG run as separate cond and uncond forwards (Flux's true CFG, Wan) makes the NAG call raise a clear
+    error before the second branch's first forward; the pipeline stays applied and usable.
+
+    PAB's single cache would serve one branch the other's attention: on Flux the guided pass's, whose text stream
+    NAG extends with the negative's tokens (it failed with a shape error), on Wan the unconditional pass would
+    silently reuse NAG-guided cross attention."""
     pipe = nag.apply(case.make())
     pipe.transformer.enable_cache(HITS["PyramidAttentionBroadcastConfig"](pipe, case))
-    generate(pipe, case, nag=NAG, num_inference_steps=STEPS, **CFG[case.id])
+    call = {"num_inference_steps": STEPS, **CFG[case.id]}
+    with pytest.raises(ValueError, match="PyramidAttentionBroadcast when CFG's branches are separate"):
+        generate(pipe, case, nag=NAG, **call)
+    assert nag.is_applied(pipe)
+    pipe.transformer.disable_cache()
+    generate(pipe, case, nag=NAG, **call)
     assert pipe.nag_report.active and pipe.nag_report.steps_guided == STEPS
 
 

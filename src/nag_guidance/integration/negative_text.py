@@ -96,6 +96,7 @@ def _append_negative(pipe: Any, family: Family, state: NAGState):
             call.note(f"the denoiser got no {family.text_arg} tensor: that forward was left unguided")
             return None
         plan = state.plan_forward(text.shape[0], text, arguments.get(family.timestep_arg))
+        refuse_shared_attention_cache(module, state)
         if plan is None:
             return None
         negative = state.negative_rows(plan.rows.stop - plan.rows.start, device=text.device, dtype=text.dtype)
@@ -117,6 +118,24 @@ def _append_negative(pipe: Any, family: Family, state: NAGState):
         return unbind(bound)
 
     return pre_forward
+
+
+def refuse_shared_attention_cache(denoiser: torch.nn.Module, state: NAGState) -> None:
+    """Raise, before the forward, when diffusers' PyramidAttentionBroadcast caches attention on a denoiser whose
+    call runs CFG's branches as forwards of their own (true CFG, Wan ...) and NAG guides one of them: PAB keeps one
+    attention cache for both branches, so an unconditional forward would reuse NAG-guided attention (on
+    joint-attention families, of another length: a shape error) and a guided one the unconditional branch's."""
+    call = state.call
+    if not (call.separate_uncond and call.guided_timesteps):
+        return
+    config = getattr(getattr(denoiser, "_orig_mod", denoiser), "_cache_config", None)
+    if type(config).__name__ == "PyramidAttentionBroadcastConfig":
+        raise ValueError(
+            "NAG cannot run with PyramidAttentionBroadcast when CFG's branches are separate denoiser forwards (true "
+            "CFG): PAB keeps one attention cache for both, so the unconditional branch would reuse NAG-guided "
+            "attention and the guided branch the unconditional one's; call disable_cache() on the denoiser, turn "
+            "CFG off, or use another cache (FirstBlockCache, MagCache, TaylorSeer keep one state per branch)"
+        )
 
 
 def joined_mask(

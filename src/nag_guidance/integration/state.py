@@ -136,6 +136,7 @@ class CallInfo:
     cond_embeds: Any = None  # the prompt embeddings the pipeline encoded (captured from encode_prompt)
     uncond_embeds: Any = None  # the pipeline's own CFG negative embeddings (captured), if any
     context: str | None = None  # diffusers cache_context name of the current denoiser call
+    separate_uncond: bool = False  # a forward ran CFG's unconditional branch on its own (true CFG, Wan ...)
     negative_prompt: tuple[str, ...] | None = None  # the NAG negative as text, when given as text
     encoding_negative: bool = False  # True while the pipeline's encode_prompt encodes the NAG negative
     negative_cache: dict = field(default_factory=dict)
@@ -243,12 +244,14 @@ class NAGState:
         if not self.in_window():
             return None
         if call.context not in GUIDED_CONTEXTS:
+            call.separate_uncond = call.separate_uncond or call.context == "uncond"
             return None
         cond = call.cond_embeds.shape[0] if isinstance(call.cond_embeds, torch.Tensor) else call.prompt_rows
         if cond is not None and batch == 2 * cond and call.context != "cond":
             rows = slice(0, cond) if self.cond_first else slice(cond, batch)
         elif cond is None or batch == cond:
             if call.context is None and self._is_uncond(text):
+                call.separate_uncond = True
                 return None
             rows = slice(0, batch)
         else:

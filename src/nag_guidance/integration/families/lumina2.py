@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from nag_guidance.integration import joint_attention
+from nag_guidance.integration import joint_attention, negative_text
 from nag_guidance.integration.hooks import bind_forward, unbind
 from nag_guidance.integration.joint_attention import JointLayout
 from nag_guidance.integration.registry import Family, Undo
@@ -79,6 +79,7 @@ def _plan_forward(pipe: Any, family: Family, state: NAGState):
         arguments = bind_forward(module, args, kwargs).arguments
         text = arguments["encoder_hidden_states"]
         plan = state.plan_forward(text.shape[0], text, arguments["timestep"])
+        negative_text.refuse_shared_attention_cache(module, state)
         if plan is None:
             return
         height, width = arguments["hidden_states"].shape[-2:]

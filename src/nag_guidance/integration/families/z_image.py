@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from nag_guidance.integration import joint_attention
+from nag_guidance.integration import joint_attention, negative_text
 from nag_guidance.integration.hooks import bind_forward
 from nag_guidance.integration.joint_attention import JointLayout
 from nag_guidance.integration.registry import Family, Undo
@@ -73,6 +73,7 @@ def _plan_forward(pipe: Any, family: Family, state: NAGState):
             call.note("Z-Image omni (image-conditioned) mode is not guided")
             return
         plan = state.plan_forward(len(images), captions, arguments["t"])
+        negative_text.refuse_shared_attention_cache(module, state)
         if plan is None:
             return
         if call.family is None:
