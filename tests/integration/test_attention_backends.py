@@ -63,10 +63,12 @@ def _counted(monkeypatch, backend: str) -> list[int]:
     return calls
 
 
+@pytest.mark.compat("Attention backends", "set_attention_backend: native, _native_math, _native_flash, flex", "equal")
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("case_id", ["flux", "qwen-image"])
 def test_joint_families_guide_on_every_cpu_backend(monkeypatch, case_id, backend):
-    """Equal to the float64 reference, computed on the backend's own kernel, and nothing to say."""
+    """Every backend that runs on CPU: NAG equals the float64 reference (1e-5), the guided joint call's partial
+    attentions run on the backend's own kernel (counted), and there is nothing to warn about."""
     case = JOINT[case_id]
     calls = _counted(monkeypatch, backend) if backend in attention._TORCH_KERNELS else None
     out, report, warned = _guided(case, backend)
@@ -77,9 +79,13 @@ def test_joint_families_guide_on_every_cpu_backend(monkeypatch, case_id, backend
         assert len(calls) >= report.layers_guided > 0
 
 
+@pytest.mark.compat("Attention backends", "set_attention_backend: native, _native_math, _native_flash, flex", "equal")
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_cross_families_guide_on_every_cpu_backend(backend):
-    case = BY_ID["wan21-t2v"]
+@pytest.mark.parametrize("case_id", ["wan21-t2v"])
+def test_cross_families_guide_on_every_cpu_backend(case_id, backend):
+    """Every backend that runs on CPU: NAG equals the float64 reference (1e-5), both branches run in the stock
+    processor on the configured backend, and there is nothing to warn about."""
+    case = BY_ID[case_id]
     out, report, warned = _guided(case, backend)
     expected, _ = test_cross_attention.reference(case, case.make(), [NEGATIVE], cond_rows=1)
     assert relative_diff(out, expected) <= 1e-5
@@ -111,9 +117,13 @@ def _fake_backend(monkeypatch, gives_lse: bool) -> list[bool]:
     return asked
 
 
-def test_a_backend_that_returns_the_lse_is_used_through_diffusers_dispatch(monkeypatch):
+@pytest.mark.compat("Attention backends", "a backend that returns the log-sum-exp (flash-attn, FA3, sage)", "equal")
+@pytest.mark.parametrize("case_id", ["flux"])
+def test_a_backend_that_returns_the_lse_is_used_through_diffusers_dispatch(monkeypatch, case_id):
+    """A GPU backend stood in for by a CPU one registered as sage: the guided joint call's parts go through
+    diffusers' ``dispatch_attention_fn(..., return_lse=True)`` on it, and NAG equals the float64 reference."""
     asked = _fake_backend(monkeypatch, gives_lse=True)
-    case = JOINT["flux"]
+    case = JOINT[case_id]
     out, report, warned = _guided(case, "sage")
     expected, _ = test_joint_attention.reference(case, NEGATIVE)
     assert relative_diff(out, expected) <= 1e-5
@@ -121,9 +131,13 @@ def test_a_backend_that_returns_the_lse_is_used_through_diffusers_dispatch(monke
     assert asked.count(True) >= 4 * report.layers_guided  # the guided call's parts went through the backend
 
 
-def test_a_backend_without_lse_is_said_once_and_noted_in_each_report(monkeypatch):
+@pytest.mark.compat("Attention backends", "a backend without log-sum-exp (xformers, NPU, XLA)", "equal")
+@pytest.mark.parametrize("case_id", ["flux"])
+def test_a_backend_without_lse_is_said_once_and_noted_in_each_report(monkeypatch, case_id):
+    """A backend that refuses ``return_lse`` (stood in for on CPU): the guided joint call runs on PyTorch's fused
+    kernels, NAG equals the float64 reference, and that is said: one warning, a note in every report."""
     asked = _fake_backend(monkeypatch, gives_lse=False)
-    case = JOINT["flux"]
+    case = JOINT[case_id]
     out, report, warned = _guided(case, "sage")
     expected, _ = test_joint_attention.reference(case, NEGATIVE)
     assert relative_diff(out, expected) <= 1e-5
