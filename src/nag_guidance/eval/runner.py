@@ -98,6 +98,11 @@ class Evaluator:
                 )
             if condition.method == "vsf":
                 out = self._vsf_images(condition, prompts[chunk], negatives[chunk], kwargs)
+            elif condition.tau_mode == "relative":
+                from nag_guidance.eval.options import relative_tau
+
+                with relative_tau():
+                    out = pipe(prompts[chunk], **kwargs).images
             else:
                 out = pipe(prompts[chunk], **kwargs).images
             parts.append(np.round(np.asarray(out) * 255).clip(0, 255).astype(np.uint8))

@@ -122,6 +122,7 @@ class Condition:
     model: str = "tiny"
     pooled: str | None = None
     end: float = 1.0  # NAG's window end (a fraction of the schedule)
+    tau_mode: str = "fixed"  # "relative": τ times the layer's median per-token ratio (``eval.options``)
 
     @property
     def label(self) -> str:
@@ -132,6 +133,7 @@ class Condition:
             parts.append(f"s={self.scale:g}")
         elif self.scale is not None:
             tau = "inf" if math.isinf(self.tau) else f"{self.tau:g}"
+            tau += "×median r" if self.tau_mode == "relative" else ""
             parts.append(f"s={self.scale:g} τ={tau} α={self.alpha:g}")
         if self.end < 1.0:
             parts.append(f"end={self.end:g}")
