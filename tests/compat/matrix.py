@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "compatibility.md"
-# The selection that makes the page: every file of tests/compat and the compile tests of tests/integration.
+# The selection that makes the page: every file of tests/compat, and the compile and attention-backend tests.
 DOC_PATHS = ("tests/compat", "tests/integration/test_compile.py", "tests/integration/test_attention_backends.py")
 COMMAND = f"python -m pytest {' '.join(DOC_PATHS)} --compat-doc docs/compatibility.md"
 VERDICTS = {
