@@ -3,8 +3,8 @@
 ``python -m tests.compat.cp_worker CASE DEGREE DEVICE OUT PORT`` spawns two ranks that each build the tiny CASE
 pipeline, apply NAG and run it without and with a NAG negative, then enable diffusers' context parallelism
 (``ContextParallelConfig(DEGREE=2)``, DEGREE "ulysses_degree" or "ring_degree") on its transformer and run both
-again; rank 0 saves the four latents, the last report and the warnings of the parallel NAG call to OUT, or the
-error a rank raised (``{"error": ...}``).
+again (NAG first); rank 0 saves the latents, the report and the NAG warnings of the parallel NAG call (or its
+refusal, and the stock parallel run's own error if it fails) to OUT, or the error a rank raised (``{"error": ...}``).
 
 DEVICE "cpu": gloo, diffusers' native attention backend, float32. diffusers 0.42.1's ``enable_parallelism``
 places rank r on ``torch.device(accelerator, r % device_count())``, which divides by zero on a CPU-only machine
@@ -51,12 +51,18 @@ def _runs(case_id: str, degree: str, device: str) -> dict:
     nag.apply(pipe)
     result = {"single_stock": generate(pipe, case), "single_nag": generate(pipe, case, nag=NAG)}
     pipe.transformer.enable_parallelism(config=ContextParallelConfig(**{degree: WORLD}))
-    result["parallel_stock"] = generate(pipe, case)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result["parallel_nag"] = generate(pipe, case, nag=NAG)
-    result["report"] = pipe.nag_report
-    result["warnings"] = [str(w.message) for w in caught if "nag" in str(w.filename)]
+        try:
+            result["parallel_nag"] = generate(pipe, case, nag=NAG)
+            result["report"] = pipe.nag_report
+        except ValueError as error:  # NAG's refusal, raised before any compute
+            result["refusal"] = str(error)
+    try:  # after the NAG call: a refused call must leave the pipeline as it was
+        result["parallel_stock"] = generate(pipe, case)
+    except RuntimeError as error:  # diffusers' own parallel run failing here (LTX on CPU)
+        result["parallel_stock_error"] = f"{type(error).__name__}: {error}"
+    result["warnings"] = [str(w.message) for w in caught if "NAG" in str(w.message)]
     return {k: v.float().cpu() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
 
 

@@ -75,8 +75,8 @@ def test_joint_families_guide_on_every_cpu_backend(monkeypatch, case_id, backend
     expected, _ = test_joint_attention.reference(case, NEGATIVE)
     assert relative_diff(out, expected) <= 1e-5
     assert report.active and report.warnings == () and warned == []
-    if calls is not None:
-        assert len(calls) >= report.layers_guided > 0
+    if calls is not None:  # 7 parts per guided layer and forward: every one on the backend's kernel
+        assert len(calls) >= 7 * report.layers_guided > 0
 
 
 @pytest.mark.compat("Attention backends", "set_attention_backend: native, _native_math, _native_flash, flex", "equal")
@@ -92,9 +92,11 @@ def test_cross_families_guide_on_every_cpu_backend(case_id, backend):
     assert report.active and report.warnings == () and warned == []
 
 
-def _fake_backend(monkeypatch, gives_lse: bool) -> list[bool]:
+def _fake_backend(monkeypatch, gives_lse: bool, heads_last: bool = True, takes_return_lse: bool = True) -> list[bool]:
     """Stand in for a GPU-only backend (sage) with a CPU one: plain attention that returns the log-sum-exp when
-    asked, as flash-attn does, or refuses ``return_lse`` as xformers does. Records each call's ``return_lse``."""
+    asked, as (B, S, H) like sage and FA3 or (B, H, S) like flash-attn 2, or refuses ``return_lse`` as xformers
+    does, or has no such argument (dispatch then drops it, as for ``_flash_3_hub``). Records each call's
+    ``return_lse``."""
     asked: list[bool] = []
 
     def fake(query, key, value, attn_mask=None, scale=None, return_lse=False, _parallel_config=None):
@@ -103,15 +105,16 @@ def _fake_backend(monkeypatch, gives_lse: bool) -> list[bool]:
             raise ValueError("this backend does not support return_lse=True")
         out, lse = attention._plain(*(t.transpose(1, 2) for t in (query, key, value)), attn_mask, scale)
         out = out.transpose(1, 2)
-        return (out, lse.transpose(1, 2)) if return_lse else out  # lse as (B, S, H), as diffusers' CP ops give it
+        return (out, lse.transpose(1, 2) if heads_last else lse) if return_lse else out
 
     name = AttentionBackendName.SAGE
+    arguments = {"query", "key", "value", "attn_mask", "scale", "_parallel_config"}
     monkeypatch.setitem(_AttentionBackendRegistry._backends, name, fake)
     monkeypatch.setitem(_AttentionBackendRegistry._constraints, name, [])
     monkeypatch.setitem(
         _AttentionBackendRegistry._supported_arg_names,
         name,
-        {"query", "key", "value", "attn_mask", "scale", "return_lse", "_parallel_config"},
+        arguments | ({"return_lse"} if takes_return_lse else set()),
     )
     monkeypatch.setattr("diffusers.models.attention_dispatch._check_attention_backend_requirements", lambda b: None)
     return asked
@@ -149,7 +152,7 @@ def test_a_backend_without_lse_is_said_once_and_noted_in_each_report(monkeypatch
 
 
 def test_a_backend_kernel_is_checked_on_first_use_and_dropped_if_it_disagrees(monkeypatch):
-    def wrong(backend, q, k, v, mask, scale):
+    def wrong(q, k, v, mask, scale):
         out, lse = attention._plain(q, k, v, mask, scale)
         return out + 1.0, lse
 
@@ -157,6 +160,55 @@ def test_a_backend_kernel_is_checked_on_first_use_and_dropped_if_it_disagrees(mo
     q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))
     run = attention.BackendAttention("_native_math")
     out, _ = run(q, k, v, None, None)
-    assert run.left_backend
+    assert run.fallback == attention.NO_LSE
     assert torch.allclose(out, attention._plain(q, k, v, None, None)[0], atol=1e-5)
     assert attention._BACKEND_SOURCE[("_native_math", "cpu", torch.float32, False)] is None
+
+
+@pytest.mark.parametrize("heads_last", [True, False], ids=["lse-BSH", "lse-BHS"])
+def test_the_lse_layout_is_learnt_even_when_heads_equal_the_query_length(monkeypatch, heads_last):
+    _fake_backend(monkeypatch, gives_lse=True, heads_last=heads_last)
+    q, k, v = torch.randn(2, 4, 4, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)  # 4 heads, 4 queries
+    run = attention.BackendAttention("sage")
+    out, lse = run(q, k, v, None, None)
+    expected = attention._plain(q, k, v, None, None)
+    assert run.fallback is None
+    assert torch.allclose(out, expected[0], atol=1e-5) and torch.allclose(lse, expected[1], atol=1e-5)
+
+
+def test_a_backend_that_drops_return_lse_is_a_fallback_not_a_crash(monkeypatch):
+    _fake_backend(monkeypatch, gives_lse=True, takes_return_lse=False)
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)  # batch 2 unpacks, too
+    run = attention.BackendAttention("sage")
+    out, _ = run(q, k, v, None, None)
+    assert run.fallback == attention.NO_LSE
+    assert torch.allclose(out, attention._plain(q, k, v, None, None)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["_native_math", "_native_flash", "flex"])
+def test_masked_parts_run_on_the_backend_kernel(monkeypatch, backend):
+    calls = _counted(monkeypatch, backend)
+    q, k, v = torch.randn(2, 3, 9, 8), torch.randn(2, 3, 6, 8), torch.randn(2, 3, 6, 8)
+    keys = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    keys[0, ..., 4:] = False  # the first row's padded text keys
+    run = attention.BackendAttention(backend)
+    out, lse = run(q, k, v, keys, None)
+    expected = attention._plain(q, k, v, attention._additive(keys, q), None)
+    assert run.fallback is None and len(calls) == 1
+    assert torch.allclose(out, expected[0], atol=1e-5) and torch.allclose(lse, expected[1], atol=1e-5)
+
+
+def test_under_compile_a_backend_is_used_once_it_ran_eagerly(monkeypatch):
+    q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))
+
+    def run_with(run):
+        return run(q, k, v, None, None)[0]
+
+    traced = attention.BackendAttention("_native_math")
+    torch.compile(run_with, fullgraph=True)(traced)
+    assert traced.fallback == attention.NOT_CHECKED  # said as "not checked", not "gives no lse"
+    attention.BackendAttention("_native_math")(q, k, v, None, None)  # one eager use checks it
+    torch._dynamo.reset()
+    compiled = attention.BackendAttention("_native_math")
+    out = torch.compile(run_with, fullgraph=True)(compiled)
+    assert compiled.fallback is None and torch.allclose(out, attention._plain(q, k, v, None, None)[0], atol=1e-5)

@@ -56,21 +56,22 @@ def attention_with_lse(
 class BackendAttention:
     """``attention_with_lse`` on one diffusers attention backend (None or "native": PyTorch's default kernels).
 
-    ``left_backend`` becomes True when some call could not get the log-sum-exp from the backend and ran on
+    ``fallback`` is set, to why, when some call could not get the log-sum-exp from the backend and ran on
     PyTorch's default kernels instead, so that the caller can say so."""
 
     def __init__(self, backend: str | None) -> None:
         self.backend = None if backend in (None, "native") else backend
-        self.left_backend = False
+        self.fallback: str | None = None
 
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.backend is not None:
             result = _on_backend(self.backend, q, k, v, mask, scale)
-            if result is not None:
+            if isinstance(result, str):
+                self.fallback = result
+            else:
                 return result
-            self.left_backend = True
         return attention_with_lse(q, k, v, mask, scale)
 
 
@@ -91,50 +92,103 @@ def merge_attention(
     return into.copy_(torch.lerp(out_a.float(), out_b.float(), weight))
 
 
-def _on_backend(backend: str, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(out, lse) on ``backend``: diffusers' dispatch first, then PyTorch's kernel of that backend; None where
-    neither works (or agrees with the plain computation on first use)."""
+_REFUSED = (RuntimeError, ValueError, TypeError, AttributeError, NotImplementedError)
+"""What a source raises where the backend refuses ``return_lse``, lacks a kernel here, or diffusers breaks on it."""
+NOT_CHECKED = "was not used eagerly before torch.compile traced NAG's joint attention (its first use is checked)"
+NO_LSE = "gives no log-sum-exp here (or one that disagrees with the plain computation)"
+
+
+def _on_backend(backend: str, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """(out, lse) on ``backend``: diffusers' dispatch first, then PyTorch's kernel of that backend; where neither
+    works, why (``NO_LSE``, or ``NOT_CHECKED`` when traced before any eager use)."""
     key = (backend, q.device.type, q.dtype, mask is not None)
     mask = _additive(mask, q)
+    known = _BACKEND_SOURCE.get(key)
     if torch.compiler.is_compiling():  # nothing data-dependent can be traced: the source found good eagerly
-        source = _BACKEND_SOURCE.get(key)
-        return None if source is None else source(backend, q, k, v, mask, scale)
-    if key in _BACKEND_SOURCE:
-        candidates = [] if _BACKEND_SOURCE[key] is None else [_BACKEND_SOURCE[key]]
-    else:
-        candidates = [_dispatched] + ([_TORCH_KERNELS[backend]] if backend in _TORCH_KERNELS else [])
-    for source in candidates:
+        if known is None:
+            return NOT_CHECKED if key not in _BACKEND_SOURCE else NO_LSE
+        return known(q, k, v, mask, scale)
+    if known is not None:
         try:
-            result = source(backend, q, k, v, mask, scale)
-        except (RuntimeError, ValueError, TypeError, AttributeError, NotImplementedError):
-            continue  # the backend refuses return_lse, lacks a kernel here, or diffusers breaks on it
-        if key in _BACKEND_SOURCE or _agrees(result, q, k, v, mask, scale):
+            return known(q, k, v, mask, scale)
+        except torch.OutOfMemoryError:
+            raise
+        except _REFUSED:
+            return NO_LSE  # this call only (a shape the kernel cannot take): the source stays good
+    if key in _BACKEND_SOURCE:
+        return NO_LSE
+    candidates = [_dispatch_source(backend, q, k, v, mask, scale)]
+    candidates += [_TORCH_KERNELS[backend]] if backend in _TORCH_KERNELS else []
+    for source in candidates:
+        if source is None:
+            continue
+        try:
+            result = source(q, k, v, mask, scale)
+        except torch.OutOfMemoryError:
+            raise
+        except _REFUSED:
+            continue
+        if _agrees(result, q, k, v, mask, scale):
             _BACKEND_SOURCE[key] = source
             return result
     _BACKEND_SOURCE[key] = None
-    return None
+    return NO_LSE
 
 
-def _dispatched(backend: str, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
-    """Through diffusers' dispatch, whose tensors are (B, S, H, D) (masks, as every source here gets them, are
-    additive); backends give the lse as (B, H, S), (B, S, H) or with a trailing 1."""
+def _dispatch_source(backend: str, q, k, v, mask, scale) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+    """diffusers' dispatch on ``backend`` as a source, with the layout of its lse learnt once: backends give it as
+    (B, H, S) (flash-attn 2), (B, S, H) (FA3, sage, the context-parallel ops) or with a trailing 1, so it is read
+    on a query length that differs from the head count. None where the backend gives no lse."""
+    heads, length = q.shape[1], q.shape[2]
+    probe = length if length != heads else length - 1
+    if probe < 1:
+        probe = length  # one query, one head: both layouts are the same
+    rows = slice(0, probe)
+    probe_mask = None if mask is None else (mask if mask.shape[-2] == 1 else mask[..., rows, :])
+    try:
+        out, lse = _dispatch(backend, q[:, :, rows], k, v, probe_mask, scale)
+    except torch.OutOfMemoryError:
+        raise
+    except _REFUSED:
+        return None
+    batch = q.shape[0]
+    if lse.numel() != batch * heads * probe:
+        return None
+    lse = lse.reshape(lse.shape[:3]) if lse.ndim == 4 else lse
+    if lse.shape == (batch, heads, probe):
+        heads_last = False
+    elif lse.shape == (batch, probe, heads):
+        heads_last = True
+    else:
+        return None
+
+    def source(q, k, v, mask, scale):
+        out, lse = _dispatch(backend, q, k, v, mask, scale)
+        lse = lse.reshape(q.shape[0], *((q.shape[2], q.shape[1]) if heads_last else (q.shape[1], q.shape[2])))
+        return out, (lse.transpose(1, 2) if heads_last else lse).float()
+
+    return source
+
+
+def _dispatch(backend: str, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' ``dispatch_attention_fn(..., return_lse=True)``, whose tensors are (B, S, H, D); raises
+    ``ValueError`` where the backend answered with something other than (out, lse) (dispatch drops the keywords a
+    backend does not list, so one without ``return_lse`` returns the output alone)."""
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-    out, lse = dispatch_attention_fn(
+    result = dispatch_attention_fn(
         *(t.transpose(1, 2) for t in (q, k, v)),
         attn_mask=mask,
         scale=scale,
         backend=backend,
         attention_kwargs={"return_lse": True},
     )
-    batch, heads, length = q.shape[:3]
-    lse = lse.reshape(lse.shape[:3])
-    if lse.shape != (batch, heads, length):
-        lse = lse.transpose(1, 2)
-    return out.transpose(1, 2), lse.float()
+    if not (isinstance(result, tuple) and len(result) == 2 and result[0].shape == q.transpose(1, 2).shape):
+        raise ValueError(f"attention backend {backend!r} returned no (output, lse) pair")
+    return result[0].transpose(1, 2), result[1]
 
 
-def _native_flash(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+def _native_flash(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
     if q.device.type == "cpu":
         return _kernel(q, k, v, mask, scale)
     if mask is not None:
@@ -143,13 +197,13 @@ def _native_flash(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Te
     return out, lse.float()
 
 
-def _native_efficient(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+def _native_efficient(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
     if q.device.type != "cuda":
         raise NotImplementedError("memory-efficient attention runs on CUDA only")
     return _kernel(q, k, v, mask, scale)
 
 
-def _native_cudnn(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+def _native_cudnn(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
     bias = None if mask is None else mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     out, lse, *_ = torch.ops.aten._scaled_dot_product_cudnn_attention(
         q, k, v, bias, True, 0.0, False, False, scale=scale
@@ -157,11 +211,11 @@ def _native_cudnn(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Te
     return out, lse.reshape(q.shape[:3]).float()
 
 
-def _native_math(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+def _native_math(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
     return _plain(q, k, v, mask, scale)
 
 
-def _flex(backend, q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
+def _flex(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
     from torch.nn.attention.flex_attention import flex_attention
 
     score_mod = None
@@ -182,7 +236,8 @@ _TORCH_KERNELS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "_native_cudnn": _native_cudnn,
     "flex": _flex,
 }
-# (backend, device type, dtype, masked) -> the source that works there, None where none does
+# (backend, device type, dtype, masked) -> the source that works there, None where none does; sources take
+# (q, k, v, additive mask, scale)
 _BACKEND_SOURCE: dict[tuple[str, str, torch.dtype, bool], Callable[..., tuple[torch.Tensor, torch.Tensor]] | None] = {}
 
 

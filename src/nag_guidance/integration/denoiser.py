@@ -66,14 +66,21 @@ class NAGHandle:
         for rewrap in self.state.rewrappers:
             rewrap()
 
-    def refuse_unsupported_caches(self) -> None:
-        """Raise before any compute if a denoiser runs diffusers' FasterCache: on the steps where it skips the
-        unconditional half of a batched-CFG forward, it drops those rows inside the denoiser's forward, after NAG
-        chose which rows to guide, so NAG would guide the wrong rows (or fail on a shape mismatch)."""
+    def refuse_unsupported_setups(self) -> None:
+        """Raise ``ValueError`` before any compute where NAG cannot guide these denoisers: under diffusers' context
+        parallelism where it does not follow it (``context_parallel_refusal``), or with FasterCache, which on the
+        steps where it skips the unconditional half of a batched-CFG forward drops those rows inside the
+        denoiser's forward, after NAG chose which rows to guide (NAG would guide the wrong rows, or fail on a shape
+        mismatch)."""
+        from diffusers.hooks import FasterCacheConfig
+
+        refusal = self.context_parallel_refusal()
+        if refusal is not None:
+            raise ValueError(f"{refusal}: NAG cannot guide it; disable parallelism, or call without a NAG negative")
         for attr in self.family.denoisers:
             model = getattr(self.owner, attr, None)
             config = getattr(getattr(model, "_orig_mod", model), "_cache_config", None)
-            if type(config).__name__ == "FasterCacheConfig":
+            if isinstance(config, FasterCacheConfig):
                 raise ValueError(
                     f"NAG does not support FasterCache (enabled on {attr}): it drops the unconditional rows inside "
                     f"the denoiser after NAG chose the rows to guide; call {attr}.disable_cache() or use another "
@@ -82,22 +89,27 @@ class NAGHandle:
 
     def context_parallel_refusal(self) -> str | None:
         """Why NAG cannot guide these denoisers under diffusers' context parallelism (``enable_parallelism`` with a
-        ``ContextParallelConfig``), or None. The joint-attention path computes the prompt and negative branches'
-        attention itself, on each rank's shard of the sequence only (it takes no part in diffusers' all-to-all /
-        ring exchange), so its result would be silently wrong; cross-attention NAG is per image token and the text
-        is never sharded, so it is exact (tested with Ulysses on Wan)."""
+        ``ContextParallelConfig``), or None. Cross-attention NAG is per image token, so it is exact while the text
+        stays whole on every rank (tested with Ulysses on Wan); it is not where the model's ``_cp_plan`` shards the
+        text (LTX-Video), nor in the joint-attention path, which computes both branches' attention itself on each
+        rank's shard of the sequence only (it takes no part in diffusers' all-to-all / ring exchange)."""
         from nag_guidance.integration import cross_attention
 
-        if self.family.install is cross_attention.install:
-            return None
         for attr in self.family.denoisers:
             model = getattr(self.owner, attr, None)
-            parallel = getattr(getattr(model, "_orig_mod", model), "_parallel_config", None)
-            if getattr(parallel, "context_parallel_config", None) is not None:
-                return (
-                    f"{attr} runs with context parallelism (enable_parallelism), which NAG's joint attention does "
-                    "not follow"
-                )
+            model = getattr(model, "_orig_mod", model)
+            parallel = getattr(model, "_parallel_config", None)
+            if getattr(parallel, "context_parallel_config", None) is None:
+                continue
+            plan = getattr(model, "_cp_plan", None) or {}
+            shards_text = any(isinstance(inputs, dict) and self.family.text_arg in inputs for inputs in plan.values())
+            if self.family.install is not cross_attention.install:
+                why = "which NAG's joint attention does not follow"
+            elif shards_text:
+                why = f"which shards the text ({self.family.text_arg}) NAG splits into prompt and negative"
+            else:
+                continue
+            return f"{attr} runs with context parallelism (enable_parallelism), {why}"
         return None
 
     def _uninstall(self) -> None:
@@ -135,10 +147,7 @@ class NAGHandle:
         if not config.full_window and config.window == "steps" and not num_steps:
             raise ValueError("a partial step window (start/end, window='steps') needs begin(..., num_steps=n)")
         self.refresh()
-        self.refuse_unsupported_caches()
-        refusal = self.context_parallel_refusal()
-        if refusal is not None:
-            raise ValueError(f"{refusal}: NAG cannot guide it; disable parallelism or NAG")
+        self.refuse_unsupported_setups()
         negative = (
             negative_embeds
             if isinstance(negative_embeds, NegativeText)

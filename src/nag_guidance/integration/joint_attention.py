@@ -143,8 +143,8 @@ class _GuidedCall:
         out = guided_joint_attention(
             q, k, v, attn_mask, self.plan, self.layout.text_first, kwargs.get("scale"), self._guide, attention
         )
-        if attention.left_backend:
-            _say_backend_not_used(self.state, attention.backend)
+        if attention.fallback is not None:
+            _say_backend_not_used(self.state, attention.backend, attention.fallback)
         return out.transpose(1, 2) if bhsd else out
 
     def _guide(self, z_pos: torch.Tensor, z_neg: torch.Tensor) -> None:
@@ -193,12 +193,11 @@ _WARNED_BACKENDS: set[str] = set()
 
 
 @torch.compiler.disable
-def _say_backend_not_used(state: NAGState, backend: str) -> None:
+def _say_backend_not_used(state: NAGState, backend: str, why: str) -> None:
     """Never silently: a one-time warning per backend, and a note in every affected call's report."""
     text = (
-        f"attention backend {backend!r} returns no log-sum-exp here: NAG's guided joint attention ran on PyTorch's "
-        "fused kernels instead (it needs each partial attention's log-sum-exp); unguided layers and steps use the "
-        "configured backend"
+        f"attention backend {backend!r} {why}: NAG's guided joint attention ran on PyTorch's fused kernels instead "
+        "(it needs each partial attention's log-sum-exp); unguided layers and steps use the configured backend"
     )
     if state.call is not None:
         state.call.note(text)

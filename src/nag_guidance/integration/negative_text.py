@@ -128,8 +128,10 @@ def refuse_shared_attention_cache(denoiser: torch.nn.Module, state: NAGState) ->
     call = state.call
     if not (call.separate_uncond and call.guided_timesteps):
         return
+    from diffusers.hooks import PyramidAttentionBroadcastConfig
+
     config = getattr(getattr(denoiser, "_orig_mod", denoiser), "_cache_config", None)
-    if type(config).__name__ == "PyramidAttentionBroadcastConfig":
+    if isinstance(config, PyramidAttentionBroadcastConfig):
         raise ValueError(
             "NAG cannot run with PyramidAttentionBroadcast when CFG's branches are separate denoiser forwards (true "
             "CFG): PAB keeps one attention cache for both, so the unconditional branch would reuse NAG-guided "

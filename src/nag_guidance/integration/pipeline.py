@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -310,12 +309,6 @@ class _NAGPipelineMixin:
             reason = "scale is 1" if config.scale == 1.0 else "alpha is 0"
             self.nag_report = inactive_report(family, config, f"{reason}: ran the stock pipeline")
             return super().__call__(*args, **kwargs)
-        refusal = session.handle.context_parallel_refusal()
-        if refusal is not None:
-            refusal += ": ran the stock pipeline"
-            warnings.warn(refusal, stacklevel=3)
-            self.nag_report = inactive_report(family, config, refusal)
-            return super().__call__(*args, **kwargs)
         if isinstance(negative, tuple) and getattr(self, "tokenizer", False) is None:
             raise ValueError(
                 f"this {type(self).__name__} has no tokenizer, so it cannot encode nag_negative_prompt: give the "
@@ -323,7 +316,7 @@ class _NAGPipelineMixin:
             )
         prompt_rows = _check_batch(super().__call__, args, kwargs, negative)
         session.handle.refresh()
-        session.handle.refuse_unsupported_caches()
+        session.handle.refuse_unsupported_setups()
         state = session.state
         scheduler = getattr(self, "scheduler", None)
         schedule = None if scheduler is None else schedule_of(scheduler)

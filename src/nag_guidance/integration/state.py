@@ -241,17 +241,17 @@ class NAGState:
         if call.num_steps is None and self.count_steps is not None:
             call.num_steps = self.count_steps()
         self._advance_step(timestep)
+        uncond = call.context == "uncond" or (call.context is None and self._is_uncond(text))
+        call.separate_uncond = call.separate_uncond or uncond  # even outside the window (PAB's refusal needs it)
         if not self.in_window():
             return None
         if call.context not in GUIDED_CONTEXTS:
-            call.separate_uncond = call.separate_uncond or call.context == "uncond"
             return None
         cond = call.cond_embeds.shape[0] if isinstance(call.cond_embeds, torch.Tensor) else call.prompt_rows
         if cond is not None and batch == 2 * cond and call.context != "cond":
             rows = slice(0, cond) if self.cond_first else slice(cond, batch)
         elif cond is None or batch == cond:
-            if call.context is None and self._is_uncond(text):
-                call.separate_uncond = True
+            if uncond:
                 return None
             rows = slice(0, batch)
         else:
