@@ -9,6 +9,7 @@ import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 import nag_guidance as nag
+from nag_guidance.integration.state import NegativeText
 from nag_guidance.testing import joint as fj
 from tests.integration.cases import BY_ID as CROSS
 from tests.integration.helpers import generate, hook_snapshot, relative_diff
@@ -124,17 +125,30 @@ def test_nag_cannot_be_installed_twice_on_one_denoiser():
     nag.apply(pipe)  # free again
 
 
-def test_begin_refuses_a_joint_denoiser_under_context_parallelism():
-    """What ``enable_parallelism`` leaves on the model (its ``_parallel_config``) is enough: the two-rank runs are
-    in tests/compat/test_context_parallel.py."""
+@pytest.mark.parametrize(
+    ("degrees", "pooled", "refused"),
+    [
+        ({"ring_degree": 2}, None, "with ring attention"),
+        ({"ulysses_degree": 2}, "negative", "with pooled='negative'"),
+        ({"ulysses_degree": 2}, None, None),
+    ],
+    ids=["ring", "ulysses-pooled-negative", "ulysses"],
+)
+def test_begin_refuses_what_nag_cannot_follow_under_context_parallelism(degrees, pooled, refused):
+    """What ``enable_parallelism`` leaves on the model (its ``_parallel_config``) is enough to decide, before any
+    compute: the two-rank runs are in tests/compat/test_context_parallel.py."""
     from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig
 
     pipe = fj.make_flux(guidance_embeds=False)
     handle = nag.attach(pipe.transformer, family="flux")
-    pipe.transformer._parallel_config = ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=2))
-    with pytest.raises(ValueError, match="context parallelism .* NAG cannot guide it"):
-        handle.begin(torch.zeros(1, 3, pipe.transformer.config.joint_attention_dim))
+    pipe.transformer._parallel_config = ParallelConfig(context_parallel_config=ContextParallelConfig(**degrees))
+    width = pipe.transformer.config.joint_attention_dim
+    negative = NegativeText(torch.zeros(1, 3, width), pooled=torch.zeros(1, 768) if pooled else None)
+    config = nag.NAGConfig(pooled=pooled)
+    if refused is None:
+        handle.begin(negative, config=config)
+        assert handle.active
+        return
+    with pytest.raises(ValueError, match=f"context parallelism .*{refused}.*: NAG cannot guide it"):
+        handle.begin(negative, config=config)
     assert not handle.active
-    pipe.transformer._parallel_config = None
-    handle.begin(torch.zeros(1, 3, pipe.transformer.config.joint_attention_dim))
-    assert handle.active

@@ -66,7 +66,7 @@ class NAGHandle:
         for rewrap in self.state.rewrappers:
             rewrap()
 
-    def refuse_unsupported_setups(self) -> None:
+    def refuse_unsupported_setups(self, config: NAGConfig) -> None:
         """Raise ``ValueError`` before any compute where NAG cannot guide these denoisers: under diffusers' context
         parallelism where it does not follow it (``context_parallel_refusal``), or with FasterCache, which on the
         steps where it skips the unconditional half of a batched-CFG forward drops those rows inside the
@@ -74,7 +74,7 @@ class NAGHandle:
         mismatch)."""
         from diffusers.hooks import FasterCacheConfig
 
-        refusal = self.context_parallel_refusal()
+        refusal = self.context_parallel_refusal(self.family.pooled_for(config))
         if refusal is not None:
             raise ValueError(f"{refusal}: NAG cannot guide it; disable parallelism, or call without a NAG negative")
         for attr in self.family.denoisers:
@@ -87,26 +87,33 @@ class NAGHandle:
                     "cache (FirstBlockCache, MagCache, TaylorSeer, PyramidAttentionBroadcast)"
                 )
 
-    def context_parallel_refusal(self) -> str | None:
+    def context_parallel_refusal(self, pooled: str | None = None) -> str | None:
         """Why NAG cannot guide these denoisers under diffusers' context parallelism (``enable_parallelism`` with a
         ``ContextParallelConfig``), or None. Cross-attention NAG is per image token, so it is exact while the text
         stays whole on every rank (tested with Ulysses on Wan); it is not where the model's ``_cp_plan`` shards the
-        text (LTX-Video), nor in the joint-attention path, which computes both branches' attention itself on each
-        rank's shard of the sequence only (it takes no part in diffusers' all-to-all / ring exchange)."""
+        text (LTX-Video). The joint-attention path follows Ulysses on the families that declare it
+        (``Family.ulysses``, see ``context_parallel``; Flux, tested); ring attention, ``pooled="negative"`` and the
+        other joint families it does not follow."""
         from nag_guidance.integration import cross_attention
 
         for attr in self.family.denoisers:
             model = getattr(self.owner, attr, None)
             model = getattr(model, "_orig_mod", model)
-            parallel = getattr(model, "_parallel_config", None)
-            if getattr(parallel, "context_parallel_config", None) is None:
+            config = getattr(getattr(model, "_parallel_config", None), "context_parallel_config", None)
+            if config is None:
                 continue
             plan = getattr(model, "_cp_plan", None) or {}
             shards_text = any(isinstance(inputs, dict) and self.family.text_arg in inputs for inputs in plan.values())
-            if self.family.install is not cross_attention.install:
-                why = "which NAG's joint attention does not follow"
-            elif shards_text:
+            if self.family.install is cross_attention.install:
+                if not shards_text:
+                    continue
                 why = f"which shards the text ({self.family.text_arg}) NAG splits into prompt and negative"
+            elif not self.family.ulysses:
+                why = f"which NAG's joint attention does not follow on the {self.family.name} family"
+            elif config.ring_degree > 1:
+                why = "with ring attention, which NAG's joint attention does not follow (Ulysses only)"
+            elif pooled == "negative":
+                why = "which NAG's joint attention does not follow with pooled='negative'"
             else:
                 continue
             return f"{attr} runs with context parallelism (enable_parallelism), {why}"
@@ -147,7 +154,7 @@ class NAGHandle:
         if not config.full_window and config.window == "steps" and not num_steps:
             raise ValueError("a partial step window (start/end, window='steps') needs begin(..., num_steps=n)")
         self.refresh()
-        self.refuse_unsupported_setups()
+        self.refuse_unsupported_setups(config)
         negative = (
             negative_embeds
             if isinstance(negative_embeds, NegativeText)

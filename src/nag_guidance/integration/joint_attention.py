@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from nag_guidance.integration import negative_text
+from nag_guidance.integration import context_parallel, negative_text
 from nag_guidance.integration.attention import BackendAttention, attention_with_lse, merge_attention
 from nag_guidance.integration.hooks import ProcessorWrapper
 from nag_guidance.integration.registry import Family, Undo
@@ -139,10 +139,24 @@ class _GuidedCall:
         self.done = True
         attention = BackendAttention(_configured_backend(kwargs))
         bhsd = self.layout.function == "sdpa"
-        q, k, v = (t if bhsd else t.transpose(1, 2) for t in (query, key, value))
-        out = guided_joint_attention(
-            q, k, v, attn_mask, self.plan, self.layout.text_first, kwargs.get("scale"), self._guide, attention
-        )
+        ulysses = context_parallel.ulysses_of(kwargs.get("parallel_config"))
+        if ulysses is not None:  # (B, S/P, H, D) shards; the family follows Ulysses (see context_parallel_refusal)
+            out = context_parallel.guided_ulysses_attention(
+                query,
+                key,
+                value,
+                self.plan,
+                self.layout.text_first,
+                kwargs.get("scale"),
+                self._guide,
+                attention,
+                ulysses,
+            )
+        else:
+            q, k, v = (t if bhsd else t.transpose(1, 2) for t in (query, key, value))
+            out = guided_joint_attention(
+                q, k, v, attn_mask, self.plan, self.layout.text_first, kwargs.get("scale"), self._guide, attention
+            )
         if attention.fallback is not None:
             _say_backend_not_used(self.state, attention.backend, attention.fallback)
         return out.transpose(1, 2) if bhsd else out

@@ -316,7 +316,7 @@ class _NAGPipelineMixin:
             )
         prompt_rows = _check_batch(super().__call__, args, kwargs, negative)
         session.handle.refresh()
-        session.handle.refuse_unsupported_setups()
+        session.handle.refuse_unsupported_setups(config)
         state = session.state
         scheduler = getattr(self, "scheduler", None)
         schedule = None if scheduler is None else schedule_of(scheduler)

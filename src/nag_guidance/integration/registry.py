@@ -37,7 +37,8 @@ class Family:
     depends on the text length, ``denoiser_hook`` replaces the shared pre-hook that appends the negative.
     ``pooled_arg`` names where the denoiser takes a pooled text vector (None: it takes none);
     ``negative_rows`` runs the negative branch on rows of its own, under the negative's pooled vector
-    (``pooled="negative"``; None: the family offers only ``"prompt"``).
+    (``pooled="negative"``; None: the family offers only ``"prompt"``). ``ulysses``: whether the joint-attention
+    path follows diffusers' Ulysses context parallelism on this family (``context_parallel``).
     """
 
     name: str
@@ -60,6 +61,7 @@ class Family:
     denoiser_hook: DenoiserHook | None = None
     pooled_arg: str | None = None
     negative_rows: NegativeRows | None = None
+    ulysses: bool = False  # joint attention: guided under diffusers' Ulysses context parallelism (tested)
 
     def pooled_for(self, config: NAGConfig) -> str | None:
         """The pooled method a call with ``config`` uses here ("prompt" unless asked; None where the denoiser takes

@@ -130,6 +130,7 @@ FLUX = Family(
     preset=_flux_preset,
     encode_returns=("embeds", "pooled", "ids"),
     mask_arg=None,
+    ulysses=True,
     cfg_argument="true_cfg_scale",
     attention=("attn",),
     layout=JointLayout("dispatch", text_first=True),
