@@ -146,7 +146,7 @@ def _dispatch_source(backend: str, q, k, v, mask, scale) -> Callable[..., tuple[
     rows = slice(0, probe)
     probe_mask = None if mask is None else (mask if mask.shape[-2] == 1 else mask[..., rows, :])
     try:
-        out, lse = _dispatch(backend, q[:, :, rows], k, v, probe_mask, scale)
+        _, lse = _dispatch(backend, q[:, :, rows], k, v, probe_mask, scale)
     except torch.OutOfMemoryError:
         raise
     except _REFUSED:
