@@ -92,8 +92,8 @@ class NAGHandle:
         ``ContextParallelConfig``), or None. Cross-attention NAG is per image token, so it is exact while the text
         stays whole on every rank (tested with Ulysses on Wan); it is not where the model's ``_cp_plan`` shards the
         text (LTX-Video). The joint-attention path follows Ulysses on the families that declare it
-        (``Family.ulysses``, see ``context_parallel``; Flux, tested); ring attention, ``pooled="negative"`` and the
-        other joint families it does not follow."""
+        (``Family.ulysses``, see ``context_parallel``: Flux, Flux Kontext, FLUX.2, tested); ring attention,
+        ``pooled="negative"`` and the other joint families it does not follow."""
         from nag_guidance.integration import cross_attention
 
         for attr in self.family.denoisers:

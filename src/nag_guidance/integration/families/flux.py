@@ -148,6 +148,7 @@ FLUX_KONTEXT = Family(
     preset="flux-kontext",
     encode_returns=("embeds", "pooled", "ids"),
     mask_arg=None,
+    ulysses=True,
     cfg_argument="true_cfg_scale",
     attention=("attn",),
     layout=JointLayout("dispatch", text_first=True),

@@ -35,6 +35,7 @@ FLUX2 = Family(
     preset="generic",
     encode_returns=("embeds", "ids"),
     mask_arg=None,
+    ulysses=True,
     attention=("attn",),
     layout=JointLayout("dispatch", text_first=True),
     extend_inputs=extend_text_ids,
