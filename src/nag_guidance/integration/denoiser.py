@@ -79,8 +79,8 @@ class NAGHandle:
             raise ValueError(f"{refusal}: NAG cannot guide it; disable parallelism, or call without a NAG negative")
         for attr in self.family.denoisers:
             model = getattr(self.owner, attr, None)
-            config = getattr(getattr(model, "_orig_mod", model), "_cache_config", None)
-            if isinstance(config, FasterCacheConfig):
+            cache = getattr(getattr(model, "_orig_mod", model), "_cache_config", None)
+            if isinstance(cache, FasterCacheConfig):
                 raise ValueError(
                     f"NAG does not support FasterCache (enabled on {attr}): it drops the unconditional rows inside "
                     f"the denoiser after NAG chose the rows to guide; call {attr}.disable_cache() or use another "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -93,6 +93,19 @@ def track_cache_context(model: torch.nn.Module, state: NAGState) -> Callable[[],
     return undo
 
 
+@contextmanager
+def stock_processors(models: Iterable[torch.nn.Module], state: NAGState) -> Iterator[None]:
+    """The models' stock processors inside the block (NAG's wrappers taken off), for diffusers methods that find
+    processors by class or rebuild them from it; afterwards whatever the models hold is wrapped again."""
+    for model in models:
+        unwrap_processors(model, state)
+    try:
+        yield
+    finally:
+        for rewrap in state.rewrappers:
+            rewrap()
+
+
 def unwrapped_during(model: torch.nn.Module, method: str, state: NAGState) -> Callable[[], None]:
     """Let ``model.<method>`` see the stock processors, then wrap what it leaves: diffusers'
     ``set_default_attn_processor`` refuses processor classes it does not know, or replaces them silently."""
@@ -103,12 +116,8 @@ def unwrapped_during(model: torch.nn.Module, method: str, state: NAGState) -> Ca
 
     @functools.wraps(original)
     def call(*args: Any, **kwargs: Any) -> Any:
-        unwrap_processors(model, state)
-        try:
+        with stock_processors([model], state):
             return original(*args, **kwargs)
-        finally:
-            for rewrap in state.rewrappers:
-                rewrap()
 
     object.__setattr__(model, method, call)
 

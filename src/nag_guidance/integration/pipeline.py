@@ -20,7 +20,7 @@ import torch
 
 from nag_guidance.config import NAGConfig, get_preset, preset_rule
 from nag_guidance.integration.denoiser import NAGHandle
-from nag_guidance.integration.hooks import unwrap_processors
+from nag_guidance.integration.hooks import stock_processors
 from nag_guidance.integration.registry import Family, detect
 from nag_guidance.integration.report import inactive_report, report_from_call
 from nag_guidance.integration.state import NAGState, NegativeText, schedule_of
@@ -202,16 +202,9 @@ def _on_stock_processors(name: str) -> Any:
 
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         session: Session = self._nag_session
-        state = session.state
-        for attr in session.family.denoisers:
-            model = getattr(self, attr, None)
-            if model is not None:
-                unwrap_processors(model, state)
-        try:
+        models = [getattr(self, attr) for attr in session.family.denoisers if getattr(self, attr, None) is not None]
+        with stock_processors(models, session.state):
             return getattr(session.base_class, name)(self, *args, **kwargs)
-        finally:
-            for rewrap in state.rewrappers:
-                rewrap()
 
     return method
 
