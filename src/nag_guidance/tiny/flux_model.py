@@ -1,6 +1,6 @@
 """Architecture of the second embedded model, ``tiny-flux``: stock classes that the stock ``FluxPipeline`` loads.
 
-* ``FluxTransformer2DModel`` with 2 double-stream and 4 single-stream blocks, width 96 (3 heads of 32),
+* ``FluxTransformer2DModel`` with 2 double-stream and 4 single-stream blocks, width 128 (4 heads of 32),
   ``guidance_embeds=False`` (schnell-like: no distilled-guidance input). It sees the 16×16×4 latents of the SD
   model's VAE packed into 2×2 patches: 8×8 = 64 image tokens of 16 channels.
 * ``CLIPTextModel`` + ``CLIPTokenizer``: the SD model's word-level builders (``model.build_tokenizer`` and
@@ -32,7 +32,7 @@ from nag_guidance.tiny.model import LATENT_CHANNELS, LATENT_SIZE
 TEXT_TOKENS = 12
 """T5 sequence length the model is trained with: pass ``max_sequence_length=TEXT_TOKENS`` to the pipeline."""
 T5_WIDTH = 64
-TRANSFORMER_HEADS = 3
+TRANSFORMER_HEADS = 4
 TRANSFORMER_HEAD_DIM = 32
 DOUBLE_BLOCKS = 2
 SINGLE_BLOCKS = 4

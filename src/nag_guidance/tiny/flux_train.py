@@ -66,13 +66,13 @@ STAGES: tuple[str, ...] = ("teacher", "trajectories", "student", "export", "eval
 @dataclass(frozen=True)
 class FluxRecipe(FlowRecipe):
     """Every knob of the tiny-flux run (in ``<out>/recipe.json`` and the exported ``metadata.json``): the SD
-    recipe's teacher, trajectory and student settings, with a longer teacher run, fewer trajectories and stronger
-    guidance in them (this teacher follows shapes less well than the SD one: on 64 held-out samples at 16 steps,
-    58 % without CFG, 80 % with CFG 3, 88 % with CFG 7)."""
+    recipe's teacher, trajectory and student settings, with a longer teacher run, fewer trajectories and much
+    stronger guidance in them (a transformer teacher follows shapes less well than the SD one: the first, width-96
+    one reached 58 % without CFG, 88 % with CFG 7 and peaked near 92 % at CFG 10; docs/tiny-flux.md)."""
 
-    teacher_steps: int = 4800
+    teacher_steps: int = 4000
     trajectory_count: int = 4096
-    trajectory_guidance: float = 7.0
+    trajectory_guidance: float = 10.0
 
     @classmethod
     def quick(cls) -> FluxRecipe:
