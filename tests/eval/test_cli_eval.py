@@ -45,7 +45,7 @@ def test_quick_eval_of_tiny_flux_compares_both_pooled_vectors(tmp_path):
     assert {r["condition"]["model"] for r in records} == {"tiny-flux"}
     assert sorted(str(r["condition"]["pooled"]) for r in records) == ["None", "negative", "prompt"]
     page = (docs / "tiny-flux-results.md").read_text()
-    assert page.startswith("# Results: NAG vs CFG vs nothing on the embedded `tiny-flux` model")
+    assert page.startswith("# Results: NAG vs CFG vs VSF vs nothing on the embedded `tiny-flux` model")
     assert "pooled=negative" in page and not (docs / "results.md").exists()
     assert (docs / "tiny-flux-eval-grid-student-1.png").stat().st_size > 0
 
