@@ -62,8 +62,10 @@ def preset_condition(model: str) -> Condition:
 
 
 def conditions(model: str = "tiny") -> list[Condition]:
+    """Relative τ at two scales and the model's preset α."""
+    alpha = get_preset(model).config.alpha
     relative = [
-        Condition("nag", 4, scale=s, tau=t, alpha=0.5, tau_mode="relative", model=model)
+        Condition("nag", 4, scale=s, tau=t, alpha=alpha, tau_mode="relative", model=model)
         for s in (3.0, 5.0)
         for t in RELATIVE_TAUS
     ]
