@@ -70,7 +70,7 @@ class FluxRecipe(FlowRecipe):
     stronger guidance in them (a transformer teacher follows shapes less well than the SD one: the first, width-96
     one reached 58 % without CFG, 88 % with CFG 7 and peaked near 92 % at CFG 10; docs/tiny-flux.md)."""
 
-    teacher_steps: int = 4000
+    teacher_steps: int = 5500
     trajectory_count: int = 4096
     trajectory_guidance: float = 10.0
 
