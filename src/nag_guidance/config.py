@@ -173,7 +173,7 @@ PRESETS: dict[str, Preset] = {
     "ltx2": _preset(11, 2.5, 0.25, source="KJNodes LTX2_NAG node defaults (s 11, α 0.25, τ 2.5)"),
     "generic": _preset(5, 2.5, 0.25, source=GENERIC),
     "tiny": _preset(5, 1.25, 0.5, steps=4, guidance_scale=0.0, source=TINY),
-    "tiny-flux": _preset(3, 2, 0.25, steps=4, guidance_scale=0.0, source=TINY_FLUX),
+    "tiny-flux": _preset(3, 1.25, 0.25, steps=4, guidance_scale=0.0, source=TINY_FLUX),
 }
 """Named presets. Keys are what ``--preset`` / ``preset=`` accept."""
 
