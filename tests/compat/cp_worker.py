@@ -11,6 +11,10 @@ places rank r on ``torch.device(accelerator, r % device_count())``, which divide
 (``device_count()`` is 0); the ranks give it a count of 1, so the mesh and each rank's device are the CPU.
 DEVICE "cuda": nccl, one GPU per rank, the ``_native_cudnn`` backend (it returns the log-sum-exp ring attention
 needs), bfloat16.
+
+Each rank leaves with ``os._exit(0)`` once its process group is destroyed, skipping interpreter teardown: after
+diffusers' failing LTX run gloo can still hold work in its threads, and a rank of that cell aborted once in CI
+("terminate called without an active exception", SIGABRT; never reproduced here in seven runs).
 """
 
 from __future__ import annotations
@@ -81,6 +85,9 @@ def _rank(rank: int, case_id: str, degree: str, device: str, out: str, port: int
     if rank == 0:
         torch.save(result, out)
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # see the module docstring
 
 
 if __name__ == "__main__":
