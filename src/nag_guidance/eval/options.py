@@ -7,8 +7,8 @@ clipped (mean r ≈ 4 against τ = 1.25), so a fixed τ sets every token's norm 
 tokens the negative moves least unclipped and caps the rest at the layer's own typical ratio.
 
 Two stages, as in the sweep: every option and the preset with few seeds, then the best option and the preset again
-with the sweep's final seed count (8 seeds per pair left the tiny-flux preset's worst margin 10 points off its 24-seed value).
-The verdict is stage 2's.
+with the sweep's final seed count (8 seeds per pair left the tiny-flux preset's worst margin 10 points off its
+24-seed value). The verdict is stage 2's.
 
     python -m nag_guidance.eval.options --out runs/options                  # measure (about 10 minutes here, each)
     python -m nag_guidance.eval.options --model tiny-flux --out runs/options-flux
