@@ -8,7 +8,7 @@ import torch
 import nag_guidance.config as config_module
 from nag_guidance.config import MAX_SCALE, PRESETS, NAGConfig, get_preset, preset_rule, register_preset_rule
 from nag_guidance.functional import normalized_attention_guidance, normalized_attention_guidance_
-from nag_guidance.integration.registry import registered_families
+from nag_guidance.integration.families import registered_families
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,10 @@ def test_sdxl_windows():
     _sdxl(pipe, cfg_late)
     counter.remove()
     assert len(forwards) == 1 + 1 + 2 + 2 and cfg_late.report.steps_guided == STEPS
-    late.remove()  # the three guiders shared one installation
+    late.remove()  # the three guiders share the denoiser's hooks: the others still use them
+    assert hook_snapshot(stock.unet) != before
+    never.remove()
+    cfg_late.remove()  # the last user's removal gives the denoiser back stock
     assert hook_snapshot(stock.unet) == before
 
 

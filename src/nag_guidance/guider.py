@@ -38,7 +38,6 @@ CFG, as in diffusers' guiders.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -47,17 +46,14 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
 
 from nag_guidance.config import NAGConfig
-from nag_guidance.integration.denoiser import NAGHandle, attach
-from nag_guidance.integration.registry import registered_families
+from nag_guidance.integration.families import registered_families
+from nag_guidance.integration.family import Family
+from nag_guidance.integration.handle import NAGHandle, attach
 from nag_guidance.integration.report import NAGReport, inactive_report, report_from_call
-from nag_guidance.integration.state import CallInfo, NegativeText, Schedule
+from nag_guidance.integration.state import CallInfo, NegativeText, Schedule, window_guides
 
 if TYPE_CHECKING:
     from diffusers.modular_pipelines import BlockState, ModularPipeline
-
-HANDLE_ATTRIBUTE = "_nag_guider_handle"
-"""Where a denoiser keeps the NAG handle the guiders installed: one installation per denoiser, shared by every
-guider instance (``guider.new(...)`` included), so hooks never nest and live as long as the denoiser."""
 
 DENOISER_FAMILIES = {
     "UNet2DConditionModel": "sdxl",
@@ -115,7 +111,7 @@ class NormalizedAttentionGuidance(BaseGuidance):
             raise ValueError(f"family={family!r} cannot be guided on a bare denoiser; the guider takes: {usable}")
         self.family = family
         self._negative: NegativeText | None = None
-        self._denoisers: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # what ``remove`` uninstalls from
+        self._handles: dict[int, NAGHandle] = {}  # per denoiser (by identity); the hooks are the denoiser's own
         self._calls: list[tuple[NAGHandle, CallInfo]] = []  # the guided passes of the current run, for ``report``
 
     # -- the negative --------------------------------------------------------------------------
@@ -208,17 +204,17 @@ class NormalizedAttentionGuidance(BaseGuidance):
                 "no NAG negative: call guider.encode_negative(pipe, text) or guider.set_negative(embeds)"
             )
         handle = self._handle(denoiser)
-        if not self._in_nag_window(handle.family.name):
+        if not self._in_nag_window(handle.family):
             return
         if handle.active:  # a forward that raised never reached cleanup_models
-            handle.state.end_call()
+            handle.finish()
         handle.begin(self._negative, config=replace(self.nag, start=0.0, end=1.0))  # the guider keeps the window
 
     def cleanup_models(self, denoiser: torch.nn.Module) -> None:
         """Disarm NAG after the guided pass; its statistics stay on the device until ``report`` reads them."""
-        handle = denoiser.__dict__.get(HANDLE_ATTRIBUTE)
+        handle = self._handles.get(id(getattr(denoiser, "_orig_mod", denoiser)))
         if handle is not None and handle.active:
-            self._calls.append((handle, handle.state.end_call()))
+            self._calls.append((handle, handle.finish()))
         if self.base is not None:
             self.base.cleanup_models(denoiser)
 
@@ -262,50 +258,44 @@ class NormalizedAttentionGuidance(BaseGuidance):
         if not self.nag.active:
             return inactive_report(family, self.nag, "nag_scale is 1 or nag_alpha is 0: NAG was off")
         merged = CallInfo(config=self.nag, negative=self._negative, num_steps=self._num_inference_steps)
-        per_denoiser: dict[NAGHandle, torch.Tensor] = {}  # per-layer statistics, summed over the run
-        for handle, call in self._calls:
-            if call.stats is not None:
-                per_denoiser[handle] = per_denoiser.get(handle, 0) + call.stats
+        for _, call in self._calls:  # per-layer statistics, summed over the run
+            for state, stats in call.stats.items():
+                merged.stats[state] = merged.stats[state] + stats if state in merged.stats else stats
+            if call.stats:
                 merged.guided_timesteps.extend(call.guided_timesteps)
             merged.notes.extend(n for n in call.notes if n not in merged.notes)
-        if per_denoiser:
-            device = next(iter(per_denoiser.values())).device
-            merged.stats = torch.cat([stats.to(device) for stats in per_denoiser.values()])
-        elif self._calls and not merged.notes:  # armed passes the hooks declined without saying why
+        if not merged.stats and self._calls and not merged.notes:  # armed passes the hooks declined without saying why
             reason = "the denoise loop names its passes in cache_context with names NAG does not guide"
             return inactive_report(family, self.nag, f"{len(self._calls)} conditional passes ran unguided: {reason}")
         return report_from_call(family, merged)
 
     def remove(self) -> None:
-        """Uninstall the NAG hooks from every denoiser this guider ran on (they are inert between its passes)."""
-        for denoiser in list(self._denoisers):
-            handle = denoiser.__dict__.pop(HANDLE_ATTRIBUTE, None)
-            if handle is not None:  # another guider may have removed it already
-                handle.remove()
-        self._denoisers.clear()
+        """Let go of the NAG hooks on every denoiser this guider ran on (they are inert between its passes); the
+        denoiser is stock again once no other guider or pipeline uses them."""
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles.clear()
 
     def _handle(self, denoiser: torch.nn.Module) -> NAGHandle:
-        handle = denoiser.__dict__.get(HANDLE_ATTRIBUTE)
+        key = id(getattr(denoiser, "_orig_mod", denoiser))
+        handle = self._handles.get(key)
         if handle is None:
             family = self.family or DENOISER_FAMILIES.get(type(denoiser).__name__)
             if family is None:
                 raise ValueError(
                     f"no NAG family known for a {type(denoiser).__name__}: pass family=... (see `nag families`)"
                 )
-            handle = denoiser.__dict__[HANDLE_ATTRIBUTE] = attach(denoiser, family)
-        self._denoisers.add(denoiser)
+            handle = self._handles[key] = attach(denoiser, family)
         return handle
 
-    def _in_nag_window(self, family: str) -> bool:
-        """The pipeline door's window rule, on the loop's step or scheduler timestep (which set_state gives);
-        the SD families' schedulers are discrete, the others' flow-matching."""
-        nag = self.nag
-        if nag.full_window or self._num_inference_steps is None:
+    def _in_nag_window(self, family: Family) -> bool:
+        """The pipeline door's window rule (``window_guides``), on the loop's step and scheduler timestep (which
+        set_state gives); the family says whether its schedulers are flow-matching or discrete."""
+        if self._num_inference_steps is None:
             return True
-        if nag.window == "steps":
-            return nag.start <= self._step / self._num_inference_steps < nag.end
-        t = float(torch.as_tensor(self._timestep).reshape(-1)[0])
-        return Schedule(flow=family not in ("sd", "sdxl")).guides(t, nag.start, nag.end)
+        t = None if self._timestep is None else float(torch.as_tensor(self._timestep).reshape(-1)[0])
+        inside = window_guides(self.nag, t, self._step, self._num_inference_steps, Schedule(flow=family.flow))
+        return True if inside is None else inside
 
     def _is_cfg_enabled(self) -> bool:
         if not self._enabled or self.guidance_scale <= 1.0:

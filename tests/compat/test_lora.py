@@ -230,3 +230,23 @@ def test_hotswap_after_apply(case):
     on the swapped model, which differs from the first LoRA."""
     output = assert_lora_guided_like_reference(case, "after", hotswap)
     assert relative_diff(output, nag_with(case, load)) > 1e-4
+
+
+LORA_SCALE_ARGUMENT = {"sd15": "cross_attention_kwargs", "flux": "joint_attention_kwargs"}
+
+
+@pytest.mark.compat("LoRA", "LoRA scale in the call's attention kwargs (scale 0 and 0.5)", "equal")
+@families
+def test_lora_scale_of_the_call_reaches_the_denoiser(case):
+    """The call's LoRA scale (``cross_attention_kwargs`` / ``joint_attention_kwargs`` = {"scale": s}) reaches
+    diffusers' ``@apply_lora_scale``, which reads it from the keywords only: with NAG, scale 0 equals NAG without
+    the LoRA and scale 0.5 differs from both 0 and 1 (NAG's denoiser hook once handed it back positionally, and
+    every scale ran at 1)."""
+    pipe = case.make()
+    load(pipe, case)
+    nag.apply(pipe)
+    argument = LORA_SCALE_ARGUMENT[case.id]
+    at = {s: generate(pipe, case, nag=NAG_CALL, **{argument: {"scale": s}}) for s in (0.0, 0.5, 1.0)}
+    assert relative_diff(at[0.0], nag_with(case)) <= TOLERANCE
+    assert relative_diff(at[1.0], nag_with(case, load)) <= TOLERANCE
+    assert relative_diff(at[0.5], at[0.0]) > 1e-4 and relative_diff(at[0.5], at[1.0]) > 1e-4

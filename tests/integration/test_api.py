@@ -30,7 +30,7 @@ def test_unsupported_pipeline_is_refused_untouched():
     )
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
     cls, before = type(pipe), hook_snapshot(unet)
-    with pytest.raises(NotImplementedError, match="DDPMPipeline.*StableDiffusionXLPipeline"):
+    with pytest.raises(NotImplementedError, match=r"DDPMPipeline: its denoiser \(UNet2DModel\).*UNet2DConditionModel"):
         nag.apply(pipe)
     assert type(pipe) is cls and hook_snapshot(unet) == before and not nag.is_applied(pipe)
 
@@ -86,7 +86,8 @@ def test_exception_mid_call_leaves_nothing_behind(pipe):
     with pytest.raises(RuntimeError, match="boom"):
         generate(pipe, CASE, nag={"nag_negative_prompt": NEGATIVE}, callback_on_step_end=explode)
     session = pipe._nag_session
-    assert session.state.call is None and session.state.forward is None
+    assert not session.handle.active and session.call is None
+    assert all(state.call is None and state.forward is None for state in session.handle.states)
     assert (generate(pipe, CASE) - stock).abs().max().item() <= 1e-6
     generate(pipe, CASE, nag={"nag_negative_prompt": NEGATIVE})
     assert pipe.nag_report.active

@@ -112,17 +112,24 @@ def test_defaults_and_applied_restore_the_previous_defaults():
     assert nag.is_applied(pipe) and nag.defaults(pipe).scale == 3
 
 
-def test_nag_cannot_be_installed_twice_on_one_denoiser():
+def test_handles_over_one_denoiser_share_its_hooks_and_another_family_is_refused():
+    """A second attach (or an apply) on a hooked denoiser joins its hooks instead of nesting them; guiding it as
+    another family at the same time is refused, with nothing half-installed; the last removal gives it back stock."""
     pipe = fj.make_flux(guidance_embeds=False)
-    handle = nag.attach(pipe.transformer, family="flux")
-    before = hook_snapshot(pipe.transformer)
-    with pytest.raises(ValueError, match="already has NAG installed"):
-        nag.attach(pipe.transformer, family="flux")
-    with pytest.raises(ValueError, match="already has NAG installed"):
-        nag.apply(pipe)
-    assert hook_snapshot(pipe.transformer) == before and not nag.is_applied(pipe)  # nothing half-installed
-    handle.remove()
-    nag.apply(pipe)  # free again
+    stock = hook_snapshot(pipe.transformer)
+    first = nag.attach(pipe.transformer, family="flux")
+    hooked = hook_snapshot(pipe.transformer)
+    second = nag.attach(pipe.transformer, family="flux")
+    nag.apply(pipe)
+    assert hook_snapshot(pipe.transformer) == hooked
+    with pytest.raises(ValueError, match="already has NAG installed for the flux family"):
+        nag.attach(pipe.transformer, family="flux-kontext")
+    assert hook_snapshot(pipe.transformer) == hooked
+    first.remove()
+    nag.remove(pipe)
+    assert hook_snapshot(pipe.transformer) == hooked  # the second handle still uses them
+    second.remove()
+    assert hook_snapshot(pipe.transformer) == stock
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 import nag_guidance as nag
-from nag_guidance.integration.hooks import ProcessorWrapper
+from nag_guidance.integration.processors import ProcessorWrapper
 from tests.integration.cases import BY_ID as CROSS
 from tests.integration.helpers import generate, hook_snapshot, relative_diff
 from tests.integration.joint_cases import BY_ID as JOINT

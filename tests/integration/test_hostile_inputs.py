@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import nag_guidance as nag
-from nag_guidance.integration.registry import registered_families
+from nag_guidance.integration.families import registered_families
 from tests.integration.cases import BY_ID as CROSS
 from tests.integration.cases import CASES
 from tests.integration.helpers import ForwardRecorder, generate
@@ -34,7 +34,7 @@ def _refused(pipe, case, error: type[Exception], match: str, **nag_args) -> None
     finally:
         calls.close()
     assert calls.outputs == []
-    assert pipe._nag_session.state.call is None
+    assert not pipe._nag_session.handle.active
 
 
 @pytest.mark.parametrize("case", ALL, ids=lambda c: c.id)
@@ -43,14 +43,14 @@ def test_every_family_refuses_misspelt_nag_keywords(case):
     _refused(pipe, case, TypeError, r"unknown NAG argument\(s\) \['nag_scael'\]", nag_negative_prompt="x", nag_scael=10)
 
 
-WIDTH_CASES = [c for c in ALL if FAMILIES[c.family].text_width is not None]
+WIDTH_CASES = [c for c in ALL if FAMILIES[c.family].text_width]
 
 
 @pytest.mark.parametrize("case", WIDTH_CASES, ids=lambda c: c.id)
 def test_negative_embeddings_of_the_wrong_width_or_dtype_are_refused(case):
     pipe = nag.apply(case.make())
     family = FAMILIES[case.family]
-    width = getattr(_denoisers(pipe, case)[0].config, family.text_width)
+    width = family.width_of(_denoisers(pipe, case)[0])
     wrong = torch.zeros(1, 7, width + 3)
     _refused(pipe, case, ValueError, f"{width + 3} channels.*width {width}", nag_negative_prompt_embeds=wrong)
     for dtype in (torch.int64, torch.bool):
@@ -59,7 +59,7 @@ def test_negative_embeddings_of_the_wrong_width_or_dtype_are_refused(case):
 
 
 def test_the_width_check_covers_every_family_whose_embeddings_reach_the_denoiser():
-    unchecked = sorted(name for name, family in FAMILIES.items() if family.text_width is None)
+    unchecked = sorted(name for name, family in FAMILIES.items() if not family.text_width)
     assert unchecked == ["hidream", "ltx2"]  # HiDream's text is two encoders' parts; LTX-2's passes connectors
 
 
@@ -142,3 +142,133 @@ def test_a_second_concurrent_call_is_refused_and_the_first_is_unharmed():
     assert len(errors) == 2 and all("already running a call" in e for e in errors)
     assert torch.equal(result["out"], alone)
     generate(pipe, case, nag={"nag_negative_prompt": "x"})  # the pipeline is free again
+
+
+def _width(pipe, case) -> int:
+    return FAMILIES[case.family].width_of(_denoisers(pipe, case)[0])
+
+
+BAD_EMBEDDINGS = {  # name -> (embeddings from the width, match)
+    "2-D": (lambda w: torch.zeros(7, w), "shape \\(rows, tokens, channels\\)"),
+    "a list": (lambda w: [[0.0] * w], "shape \\(rows, tokens, channels\\)"),
+    "no rows": (lambda w: torch.zeros(0, 7, w), "no rows or no tokens"),
+    "no tokens": (lambda w: torch.zeros(1, 0, w), "no rows or no tokens"),
+    "meta": (lambda w: torch.zeros(1, 7, w, device="meta"), "meta device"),
+    "NaN": (lambda w: torch.full((1, 7, w), float("nan")), "NaN or infinite"),
+    "inf": (lambda w: torch.full((1, 7, w), float("inf")), "NaN or infinite"),
+    "int64": (lambda w: torch.zeros(1, 7, w, dtype=torch.int64), "floating point"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_EMBEDDINGS))
+@pytest.mark.parametrize("door", ["pipeline", "denoiser", "guider"])
+def test_every_door_refuses_bad_negative_embeddings_before_compute(door, bad):
+    """The pipeline, denoiser and guider doors share one check of negative embeddings: each bad kind is a clear
+    ValueError before any forward, and a refused begin leaves the handle idle."""
+    case = CROSS["sd15"]
+    pipe = case.make()
+    make, match = BAD_EMBEDDINGS[bad]
+    embeds = make(pipe.unet.config.cross_attention_dim)
+    if door == "pipeline":
+        nag.apply(pipe)
+        _refused(pipe, case, ValueError, match, nag_negative_prompt_embeds=embeds)
+        return
+    calls = ForwardRecorder([pipe.unet])
+    if door == "denoiser":
+        handle = nag.attach(pipe.unet, "sd")
+        with pytest.raises(ValueError, match=match):
+            handle.begin(embeds)
+        assert not handle.active
+        handle.remove()
+    else:
+        guider = nag.NormalizedAttentionGuidance(family="sd")
+        guider.set_negative(embeds)
+        guider.set_state(0, 2, torch.tensor(999))
+        with pytest.raises(ValueError, match=match):
+            guider.prepare_models(pipe.unet)
+        guider.remove()
+    calls.close()
+    assert calls.outputs == []
+
+
+def test_a_negative_mask_of_the_wrong_shape_is_refused_at_every_door():
+    case = CROSS["sd15"]
+    pipe = case.make()
+    embeds, bad_mask = torch.zeros(1, 7, 32), torch.ones(1, 6)
+    handle = nag.attach(pipe.unet, "sd")
+    with pytest.raises(ValueError, match="attention mask must have shape \\(1, 7\\)"):
+        handle.begin(embeds, bad_mask)
+    handle.remove()
+    nag.apply(pipe)
+    _refused(
+        pipe,
+        case,
+        ValueError,
+        "mask must have shape",
+        nag_negative_prompt_embeds=embeds,
+        nag_negative_prompt_attention_mask=bad_mask,
+    )
+
+
+@pytest.mark.parametrize("value", [7, 3.5, {"a": 1}, [], ["x", 3]])
+def test_a_negative_prompt_that_is_not_text_is_a_value_error(value):
+    case = CROSS["sd15"]
+    pipe = nag.apply(case.make())
+    _refused(pipe, case, ValueError, "string or a non-empty list of strings", nag_negative_prompt=value)
+
+
+FLUX = next(c for c in JOINT_CASES if c.id == "flux")
+
+
+@pytest.mark.parametrize(
+    ("pooled", "nag_pooled", "match"),
+    [
+        (lambda w: torch.zeros(1, w + 1), "negative", "pooled vector has width"),
+        (lambda w: torch.zeros(1, w, dtype=torch.int64), "negative", "floating point"),
+        (lambda w: torch.full((1, w), float("nan")), "negative", "NaN or infinite"),
+        (lambda w: torch.zeros(1, w), "prompt", "only used with pooled='negative'"),
+    ],
+    ids=["wrong-width", "int64", "NaN", "unused"],
+)
+def test_bad_or_unused_negative_pooled_vectors_are_refused(pooled, nag_pooled, match):
+    """Flux's negative pooled vector: checked for width and values when it is used (pooled='negative'), refused
+    when the call would ignore it."""
+    pipe = nag.apply(FLUX.make())
+    embeds = torch.zeros(1, 7, _width(pipe, FLUX))
+    width = pipe.transformer.config.pooled_projection_dim
+    _refused(
+        pipe,
+        FLUX,
+        ValueError,
+        match,
+        nag_negative_prompt_embeds=embeds,
+        nag_negative_pooled_prompt_embeds=pooled(width),
+        nag_pooled=nag_pooled,
+    )
+
+
+def test_a_pooled_vector_on_a_family_without_one_is_refused():
+    case = CROSS["sd15"]
+    pipe = nag.apply(case.make())
+    _refused(
+        pipe,
+        case,
+        ValueError,
+        "only used with pooled='negative'",
+        nag_negative_prompt_embeds=torch.zeros(1, 7, 32),
+        nag_negative_pooled_prompt_embeds=torch.zeros(1, 32),
+    )
+
+
+def test_a_refused_call_clears_the_previous_report():
+    case = CROSS["sd15"]
+    pipe = nag.apply(case.make())
+    generate(pipe, case, nag={"nag_negative_prompt": "x"})
+    assert pipe.nag_report.active
+    _refused(pipe, case, ValueError, "floating point", nag_negative_prompt_embeds=torch.zeros(1, 7, 32, dtype=int))
+    assert pipe.nag_report is None
+
+
+def test_an_empty_preset_name_is_refused():
+    with pytest.raises(ValueError, match="preset"):
+        nag.apply(CROSS["sd15"].make(), preset="")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import nag_guidance as nag
-from nag_guidance.integration.registry import registered_families
+from nag_guidance.integration.families import registered_families
 from nag_guidance.integration.state import NegativeText
 from tests.integration.cases import CASES
 from tests.integration.helpers import generate, relative_diff
@@ -98,7 +98,7 @@ def test_embeds_without_the_negative_pooled_vector_are_refused(flux_case):
     nag.apply(pipe, pooled="negative")
     with pytest.raises(ValueError, match="nag_negative_pooled_prompt_embeds"):
         pipe("a red car", nag_negative_prompt_embeds=embeds, **flux_case.kwargs())
-    with pytest.raises(ValueError, match="nag_negative_pooled_prompt_embeds must have shape"):
+    with pytest.raises(ValueError, match="pooled vector must have shape"):
         pipe("a red car", nag_negative_prompt_embeds=embeds, nag_negative_pooled_prompt_embeds=torch.zeros(3))
     with pytest.raises(ValueError, match="needs nag_negative_prompt_embeds"):
         pipe("a red car", nag_negative_prompt="dog", nag_negative_pooled_prompt_embeds=torch.zeros(1, 8))

@@ -206,4 +206,51 @@ def test_the_denoiser_door_needs_the_scheduler_for_a_partial_window():
     assert not handle.active
     handle.begin(negative, config=NAGConfig(end=0.5), scheduler=EulerDiscreteScheduler(**SDXL))
     assert handle.active
+    with pytest.raises(RuntimeError, match="while a call is running"):
+        handle.remove()
+    handle.end()
     handle.remove()
+
+
+WINDOWS = {"schedule": {"nag_end": 0.4}, "steps": {"nag_end": 0.5, "nag_window": "steps"}}
+
+
+@pytest.mark.parametrize("window", sorted(WINDOWS))
+def test_heun_guides_the_window_of_its_distinct_steps(window):
+    """Heun evaluates most timesteps twice (4 steps: 7 denoiser forwards at 4 distinct timesteps): the window and
+    the report count distinct steps, so nag_end=0.5 guides 2 of the 4 in both units (the steps window once
+    guided all 7 evaluations and reported "4/7 steps"); the schedule window nag_end=0.4 guides the same 2."""
+    from diffusers import HeunDiscreteScheduler
+
+    from nag_guidance.testing import image
+
+    pipe = image.make_sd()
+    pipe.scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    nag.apply(pipe)
+    seen = _recorded_steps(pipe)
+    call = dict(height=16, width=16, num_inference_steps=4, guidance_scale=1.0, output_type="latent")
+    negative = {"nag_negative_prompt": "blurry", "nag_scale": 3.0}
+    full = pipe("a red car", generator=torch.Generator().manual_seed(0), **call, **negative)[0]
+    partial = pipe("a red car", generator=torch.Generator().manual_seed(0), **call, **negative, **WINDOWS[window])[0]
+    distinct = sorted(set(seen), reverse=True)
+    assert len(seen) // 2 == 7 and len(distinct) == 4
+    report = pipe.nag_report
+    assert (report.steps_guided, report.steps_total) == (2, 4), report
+    if window == "schedule":  # the authors' SDXL rule on the scheduler's own timesteps
+        assert sum(t >= math.floor(0.6 * 999) for t in distinct) == 2
+    assert (partial - full).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("window", sorted(WINDOWS))
+def test_repeated_sigmas_count_once(window):
+    """Custom sigmas with repeats ([1, 1, .5, .5]: two distinct steps) on a flow-matching pipeline: the window and
+    the report see 2 steps, and the window guides the first (t = 1000 of 1000 and 500)."""
+    case = next(c for c in JOINT_CASES if c.id == "flux")
+    pipe = nag.apply(case.make())
+    negative = {"nag_negative_prompt": "blurry", "nag_scale": 3.0}
+    call = {"sigmas": [1.0, 1.0, 0.5, 0.5], "num_inference_steps": 4}
+    full = generate(pipe, case, nag=negative, **call)
+    partial = generate(pipe, case, nag={**negative, **WINDOWS[window]}, **call)
+    report = pipe.nag_report
+    assert (report.steps_guided, report.steps_total) == (1, 2), report
+    assert (partial - full).abs().max() > 1e-4

@@ -244,7 +244,7 @@ def joint_value_sign_flip_attention(
     image]); prompt-text queries see [prompt; image]; image queries of the conditional rows see [prompt; image;
     negative] in one softmax, the negative's logits shifted by ``bias`` and its values multiplied by −``vsf_scale``.
     Computed as NAG's joint path computes attention, by log-sum-exp merges of the parts."""
-    from nag_guidance.integration.joint_attention import joint_segments
+    from nag_guidance.integration.attention import joint_segments
 
     batch, heads, total, dim = q.shape
     parts = joint_segments(q, k, v, mask, plan, text_first, scale, attention)

@@ -1,6 +1,8 @@
 """NAG on stock diffusers pipelines: ``apply``/``remove``, the per-family adapters and the report."""
 
-from nag_guidance.integration.denoiser import NAGHandle, attach
+from nag_guidance.integration.families import detect, registered_families, supported_pipelines
+from nag_guidance.integration.family import Family
+from nag_guidance.integration.handle import NAGHandle, attach
 from nag_guidance.integration.pipeline import (
     NAG_CALL_ARGUMENTS,
     applied,
@@ -11,7 +13,6 @@ from nag_guidance.integration.pipeline import (
     remove,
     stock_class,
 )
-from nag_guidance.integration.registry import Family, detect, registered_families, supported_pipelines
 from nag_guidance.integration.report import NAGReport
 
 __all__ = [

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+from nag_guidance.integration.state import ForwardPlan
 
 _KERNEL_OK: dict[tuple[str, torch.dtype], bool] = {}
 _CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
@@ -287,3 +290,90 @@ def _agrees(result, q, k, v, mask, scale) -> bool:
     same_out = torch.allclose(result[0][:1, :, rows].float(), out.float(), atol=tol, rtol=tol)
     same_lse = torch.allclose(result[1][:1, :, rows], lse, atol=tol * 10, rtol=tol)
     return bool(same_out and same_lse)
+
+
+@dataclass(frozen=True)
+class JointSegments:
+    """Where the prompt's text, the negative's text and the image sit in a joint sequence, and the attention of
+    one segment's queries over another's keys (with its log-sum-exp, the text padding masked out)."""
+
+    pos: slice
+    neg: slice
+    img: slice
+    attend: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def joint_segments(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    plan: ForwardPlan,
+    text_first: bool,
+    scale: float | None,
+    attention: Callable[..., tuple[torch.Tensor, torch.Tensor]] = attention_with_lse,
+) -> JointSegments:
+    """The segments of [prompt text | negative text | image] (in the family's order) of (B, H, S, D) tensors;
+    ``attention`` computes each part with its log-sum-exp (``attention_with_lse`` or a ``BackendAttention``)."""
+    batch, _, total, _ = q.shape
+    n_pos, n_neg = plan.text_length, plan.negative_length
+    n_img = total - n_pos - n_neg
+    start = 0 if text_first else n_img
+    pos = slice(start, start + n_pos)
+    neg = slice(start + n_pos, start + n_pos + n_neg)
+    img = slice(start + n_pos + n_neg, total) if text_first else slice(0, n_img)
+    text_masks = plan.text_key_masks
+    if text_masks is not None:  # the family knows the text padding better than the model's joint mask
+        image_keys = torch.ones(batch, n_img, dtype=torch.bool, device=q.device)
+        parts = [text_masks[0].bool(), text_masks[1].bool()]
+        parts = [*parts, image_keys] if text_first else [image_keys, *parts]
+        mask = torch.cat(parts, dim=1)[:, None, None, :]
+
+    def attend(queries: slice, keys: slice, r: slice = slice(None)):
+        m = None
+        if mask is not None:
+            m = mask if mask.shape[0] == 1 else mask[r]
+            m = m if m.shape[-2] == 1 else m[..., queries, :]
+            m = m[..., keys]
+        return attention(q[r, :, queries], k[r, :, keys], v[r, :, keys], m, scale)
+
+    return JointSegments(pos, neg, img, attend)
+
+
+def guided_joint_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    plan: ForwardPlan,
+    text_first: bool,
+    scale: float | None,
+    guide_: Callable[[torch.Tensor, torch.Tensor], None],
+    attention: Callable[..., tuple[torch.Tensor, torch.Tensor]] = attention_with_lse,
+) -> torch.Tensor:
+    """Joint attention over [prompt text | negative text | image] with NAG on the image queries of the
+    conditional rows; see the module docstring.
+
+    ``q``, ``k``, ``v`` are (B, H, S, D); the result is (B, S, H, D), i.e. heads already next to each other per
+    token, so that ``guide_(z_pos, z_neg)`` gets (rows, N, H·D) views and guides Z+ in place. Every part is
+    computed by ``attention`` and merged by log-sum-exp weight: no key/value concatenation, and the image×image
+    part is computed once.
+    """
+    batch, heads, total, dim = q.shape
+    parts = joint_segments(q, k, v, mask, plan, text_first, scale, attention)
+    pos, neg, img, attend = parts.pos, parts.neg, parts.img, parts.attend
+    rows = plan.rows
+    out = q.new_empty(batch, total, heads, dim)
+    # prompt text: attention over [prompt text; image]
+    merge_attention(attend(pos, pos), attend(pos, img), into=out[:, pos].transpose(1, 2))
+    # image: the image×image part once, merged with each branch's image×text part
+    shared = attend(img, img)
+    merge_attention(shared, attend(img, pos), into=out[:, img].transpose(1, 2))
+    z_neg = q.new_empty(rows.stop - rows.start, img.stop - img.start, heads, dim)
+    shared_rows = (shared[0][rows], shared[1][rows])
+    merge_attention(shared_rows, attend(img, neg, rows), into=z_neg.transpose(1, 2))
+    guide_(out[rows, img].flatten(2), z_neg.flatten(2))
+    # negative text (conditional rows only; the other rows' negative segment is never read)
+    out[:, neg] = 0
+    merge_attention(attend(neg, neg, rows), attend(neg, img, rows), into=out[rows, neg].transpose(1, 2))
+    return out

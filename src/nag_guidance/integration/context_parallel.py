@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nag_guidance.integration.attention import guided_joint_attention
 from nag_guidance.integration.state import ForwardPlan
 
 
@@ -67,8 +68,6 @@ def guided_ulysses_attention(
     ulysses: tuple[int, Any],
 ) -> torch.Tensor:
     """The guided joint attention of one rank's (B, S/P, H, D) shard; returns its (B, S/P, H, D) output."""
-    from nag_guidance.integration.joint_attention import guided_joint_attention
-
     degree, group = ulysses
     text = plan.text_length + plan.negative_length
     if text % degree or query.shape[2] % degree:

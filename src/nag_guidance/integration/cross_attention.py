@@ -1,7 +1,7 @@
 """NAG for families whose text enters through separate cross-attention layers (SD, SDXL, PixArt, SANA, Wan,
 LTX-Video, LTX-2).
 
-The negative rides along with the prompt. A forward pre-hook on the denoiser appends the negative's
+The negative rides along with the prompt (``denoiser_hooks``). A forward pre-hook on the denoiser appends the negative's
 embeddings to the text input on the *sequence* axis, so everything the model does to text before attention
 (caption projections and norms, LTX-2's per-block K/V modulation, Wan's image-context prefix) happens to the
 negative too, with no per-model code. Each text-attention layer's processor is then wrapped:
@@ -27,15 +27,14 @@ from typing import Any
 
 import torch
 
-from nag_guidance.integration import negative_text
-from nag_guidance.integration.hooks import ProcessorWrapper
-from nag_guidance.integration.registry import Family, Undo
-from nag_guidance.integration.state import ForwardPlan, NAGState
+from nag_guidance.integration.family import Family
+from nag_guidance.integration.processors import ProcessorWrapper
+from nag_guidance.integration.state import ForwardPlan
 
 
-def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
-    """Wrap every text-attention processor of the family's denoisers; returns the undo actions."""
-    return negative_text.install(pipe, family, state, CrossAttentionNAG)
+def wrapper_class(family: Family) -> type[ProcessorWrapper]:
+    """The processor wrapper of the cross-attention mechanism (the same for every family)."""
+    return CrossAttentionNAG
 
 
 class CrossAttentionNAG(ProcessorWrapper):
@@ -48,7 +47,7 @@ class CrossAttentionNAG(ProcessorWrapper):
         bound = self.signature.bind(attn, *args, **kwargs)
         text, image_prompt = _text_and_image_prompt(bound.arguments.get("encoder_hidden_states"))
         if text is None:
-            self.state.call.note(f"{self.layer}: the text context is not a tensor: left unguided")
+            plan.call.note(f"{self.layer}: the text context is not a tensor: left unguided")
             return self.processor(attn, *args, **kwargs)
         positive, negative = _split(bound, plan, text, image_prompt)
         rows = plan.rows

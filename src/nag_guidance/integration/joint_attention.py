@@ -1,7 +1,7 @@
 """NAG for families whose text and image attend jointly (SD3, Flux, Chroma, Qwen-Image, HunyuanVideo, Flux2,
 Z-Image): the negative text is its own stream through every block.
 
-``negative_text`` appends the negative's tokens to the prompt's text, so every block's per-token text work
+``denoiser_hooks`` appends the negative's tokens to the prompt's text, so every block's per-token text work
 (projections, modulation, MLPs, the single-stream blocks) carries a third segment along: the joint sequence
 inside attention is [prompt text | negative text | image] in the family's order. The image stream is not
 duplicated: with the prompt's timestep embedding its tokens would be identical in both branches.
@@ -32,38 +32,20 @@ import importlib
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from nag_guidance.integration import context_parallel, negative_text
-from nag_guidance.integration.attention import BackendAttention, attention_with_lse, merge_attention
-from nag_guidance.integration.hooks import ProcessorWrapper
-from nag_guidance.integration.registry import Family, Undo
+from nag_guidance.integration import context_parallel
+from nag_guidance.integration.attention import BackendAttention, guided_joint_attention
+from nag_guidance.integration.family import Family, JointLayout
+from nag_guidance.integration.processors import ProcessorWrapper
 from nag_guidance.integration.state import ForwardPlan, NAGState
 
 
-def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
-    """Wrap every joint-attention processor of the family's denoisers; returns the undo actions."""
-    return negative_text.install(pipe, family, state, _wrapper_for(family))
-
-
-@dataclass(frozen=True)
-class JointLayout:
-    """Where a family's processors call attention and how the joint sequence is laid out there.
-
-    ``function``: "dispatch" (diffusers' ``dispatch_attention_fn`` in the processor's module, tensors
-    (B, S, H, D)) or "sdpa" (``torch.nn.functional.scaled_dot_product_attention``, tensors (B, H, S, D)).
-    ``text_first``: whether text precedes image in the joint sequence.
-    """
-
-    function: str = "dispatch"
-    text_first: bool = True
-
-
-def _wrapper_for(family: Family) -> type[ProcessorWrapper]:
-    layout = family.layout or JointLayout()
+def wrapper_class(family: Family) -> type[ProcessorWrapper]:
+    """The processor wrapper of the joint-attention mechanism, for the family's attention layout."""
+    layout = family.layout
 
     class Wrapper(JointAttentionNAG):
         joint_layout = layout
@@ -158,7 +140,7 @@ class _GuidedCall:
                 q, k, v, attn_mask, self.plan, self.layout.text_first, kwargs.get("scale"), self._guide, attention
             )
         if attention.fallback is not None:
-            _say_backend_not_used(self.state, attention.backend, attention.fallback)
+            _say_backend_not_used(self.plan, attention.backend, attention.fallback)
         return out.transpose(1, 2) if bhsd else out
 
     def _guide(self, z_pos: torch.Tensor, z_neg: torch.Tensor) -> None:
@@ -207,104 +189,16 @@ _WARNED_BACKENDS: set[str] = set()
 
 
 @torch.compiler.disable
-def _say_backend_not_used(state: NAGState, backend: str, why: str) -> None:
+def _say_backend_not_used(plan: ForwardPlan, backend: str, why: str) -> None:
     """Never silently: a one-time warning per backend, and a note in every affected call's report."""
     text = (
         f"attention backend {backend!r} {why}: NAG's guided joint attention ran on PyTorch's fused kernels instead "
         "(it needs each partial attention's log-sum-exp); unguided layers and steps use the configured backend"
     )
-    if state.call is not None:
-        state.call.note(text)
+    plan.call.note(text)
     if backend not in _WARNED_BACKENDS:
         _WARNED_BACKENDS.add(backend)
         warnings.warn(text, stacklevel=2)
-
-
-@dataclass(frozen=True)
-class JointSegments:
-    """Where the prompt's text, the negative's text and the image sit in a joint sequence, and the attention of
-    one segment's queries over another's keys (with its log-sum-exp, the text padding masked out)."""
-
-    pos: slice
-    neg: slice
-    img: slice
-    attend: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-
-
-def joint_segments(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None,
-    plan: ForwardPlan,
-    text_first: bool,
-    scale: float | None,
-    attention: Callable[..., tuple[torch.Tensor, torch.Tensor]] = attention_with_lse,
-) -> JointSegments:
-    """The segments of [prompt text | negative text | image] (in the family's order) of (B, H, S, D) tensors;
-    ``attention`` computes each part with its log-sum-exp (``attention_with_lse`` or a ``BackendAttention``)."""
-    batch, _, total, _ = q.shape
-    n_pos, n_neg = plan.text_length, plan.negative_length
-    n_img = total - n_pos - n_neg
-    start = 0 if text_first else n_img
-    pos = slice(start, start + n_pos)
-    neg = slice(start + n_pos, start + n_pos + n_neg)
-    img = slice(start + n_pos + n_neg, total) if text_first else slice(0, n_img)
-    text_masks = plan.text_key_masks
-    if text_masks is not None:  # the family knows the text padding better than the model's joint mask
-        image_keys = torch.ones(batch, n_img, dtype=torch.bool, device=q.device)
-        parts = [text_masks[0].bool(), text_masks[1].bool()]
-        parts = [*parts, image_keys] if text_first else [image_keys, *parts]
-        mask = torch.cat(parts, dim=1)[:, None, None, :]
-
-    def attend(queries: slice, keys: slice, r: slice = slice(None)):
-        m = None
-        if mask is not None:
-            m = mask if mask.shape[0] == 1 else mask[r]
-            m = m if m.shape[-2] == 1 else m[..., queries, :]
-            m = m[..., keys]
-        return attention(q[r, :, queries], k[r, :, keys], v[r, :, keys], m, scale)
-
-    return JointSegments(pos, neg, img, attend)
-
-
-def guided_joint_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None,
-    plan: ForwardPlan,
-    text_first: bool,
-    scale: float | None,
-    guide_: Callable[[torch.Tensor, torch.Tensor], None],
-    attention: Callable[..., tuple[torch.Tensor, torch.Tensor]] = attention_with_lse,
-) -> torch.Tensor:
-    """Joint attention over [prompt text | negative text | image] with NAG on the image queries of the
-    conditional rows; see the module docstring.
-
-    ``q``, ``k``, ``v`` are (B, H, S, D); the result is (B, S, H, D), i.e. heads already next to each other per
-    token, so that ``guide_(z_pos, z_neg)`` gets (rows, N, H·D) views and guides Z+ in place. Every part is
-    computed by ``attention`` and merged by log-sum-exp weight: no key/value concatenation, and the image×image
-    part is computed once.
-    """
-    batch, heads, total, dim = q.shape
-    parts = joint_segments(q, k, v, mask, plan, text_first, scale, attention)
-    pos, neg, img, attend = parts.pos, parts.neg, parts.img, parts.attend
-    rows = plan.rows
-    out = q.new_empty(batch, total, heads, dim)
-    # prompt text: attention over [prompt text; image]
-    merge_attention(attend(pos, pos), attend(pos, img), into=out[:, pos].transpose(1, 2))
-    # image: the image×image part once, merged with each branch's image×text part
-    shared = attend(img, img)
-    merge_attention(shared, attend(img, pos), into=out[:, img].transpose(1, 2))
-    z_neg = q.new_empty(rows.stop - rows.start, img.stop - img.start, heads, dim)
-    shared_rows = (shared[0][rows], shared[1][rows])
-    merge_attention(shared_rows, attend(img, neg, rows), into=z_neg.transpose(1, 2))
-    guide_(out[rows, img].flatten(2), z_neg.flatten(2))
-    # negative text (conditional rows only; the other rows' negative segment is never read)
-    out[:, neg] = 0
-    merge_attention(attend(neg, neg, rows), attend(neg, img, rows), into=out[rows, neg].transpose(1, 2))
-    return out
 
 
 class _Interception:

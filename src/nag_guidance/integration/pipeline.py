@@ -8,6 +8,7 @@ back and runs the mechanism's undo actions, which restore the original processor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import threading
@@ -19,11 +20,12 @@ from typing import Any
 import torch
 
 from nag_guidance.config import NAGConfig, get_preset, preset_rule
-from nag_guidance.integration.denoiser import NAGHandle
-from nag_guidance.integration.hooks import stock_processors
-from nag_guidance.integration.registry import Family, detect
+from nag_guidance.integration.families import detect
+from nag_guidance.integration.family import Family
+from nag_guidance.integration.handle import NAGHandle, check_negative, check_negative_prompt
+from nag_guidance.integration.processors import stock_processors
 from nag_guidance.integration.report import inactive_report, report_from_call
-from nag_guidance.integration.state import NAGState, NegativeText, schedule_of
+from nag_guidance.integration.state import CallInfo, NegativeText, distinct_steps
 
 NAG_CALL_ARGUMENTS = (
     "nag_negative_prompt",
@@ -49,20 +51,18 @@ loaders): on an applied pipeline they run on the stock processors, which NAG wra
 
 @dataclass
 class Session:
-    """What ``apply`` installed on one pipeline: the denoiser hooks' handle, the defaults, the stock class."""
+    """What ``apply`` installed on one pipeline: the denoiser hooks' handle, the defaults, the stock class, and the
+    running call (one at a time)."""
 
     handle: NAGHandle
     defaults: NAGConfig
     base_class: type
     busy: threading.Lock = field(default_factory=threading.Lock)  # held for the whole of each call
+    call: CallInfo | None = None  # the running NAG call, while one runs
 
     @property
     def family(self) -> Family:
         return self.handle.family
-
-    @property
-    def state(self) -> NAGState:
-        return self.handle.state
 
 
 def apply(pipe: Any, preset: str | None = None, **defaults: float | str) -> Any:
@@ -74,15 +74,15 @@ def apply(pipe: Any, preset: str | None = None, **defaults: float | str) -> Any:
     pipeline raises ``NotImplementedError`` and invalid parameters ``ValueError``, leaving the pipeline untouched.
     """
     family = detect(pipe)
-    config = get_preset(preset or default_preset(pipe)).config
+    config = get_preset(default_preset(pipe) if preset is None else preset).config
     config = config.with_overrides(**_known_fields(defaults))
     family.pooled_for(config)
     session = _session(pipe)
     if session is not None:
         session.defaults = config
         return pipe
-    handle = NAGHandle(family, pipe, count_steps=lambda: _steps_of(pipe))
-    base = type(pipe)
+    handle = NAGHandle(family, pipe)
+    base = stock_class(pipe)
     pipe.__class__ = _applied_class(base)
     pipe._nag_session = Session(handle, config, base)
     pipe.nag_report = None
@@ -104,25 +104,34 @@ def default_preset(pipe: Any) -> str:
 
 def stock_class(pipe: Any) -> type:
     """The pipeline's own class (an applied pipeline's class is a same-named subclass of it)."""
-    session = _session(pipe)
-    return session.base_class if session is not None else type(pipe)
+    return getattr(type(pipe), "_nag_stock_class", type(pipe))
 
 
 def _steps_of(pipe: Any) -> int | None:
-    """The running call's number of denoising steps, as diffusers pipelines record it."""
-    steps = getattr(pipe, "_num_timesteps", None)
-    scheduler = getattr(pipe, "scheduler", None)
-    return steps or (len(scheduler.timesteps) if getattr(scheduler, "timesteps", None) is not None else None)
+    """The running call's number of denoising steps: the distinct timesteps among those the loop runs (the last
+    ``_num_timesteps`` the pipeline records, which img2img takes from the end of the scheduler's; second-order
+    schedulers evaluate most timesteps twice)."""
+    running = getattr(pipe, "_num_timesteps", None)
+    timesteps = getattr(getattr(pipe, "scheduler", None), "timesteps", None)
+    if timesteps is None or not len(timesteps):
+        return running
+    return distinct_steps(timesteps[-running:] if running else timesteps)
 
 
 def remove(pipe: Any) -> Any:
-    """Undo ``apply``: the pipeline's class, processors and hooks are the original objects again. No-op if not
-    applied."""
+    """Undo ``apply``: the pipeline's class, processors and hooks are the original objects again (the denoiser's
+    hooks stay while another applied pipeline shares it). No-op if not applied; ``RuntimeError`` while the
+    pipeline runs a call (from another thread or its own callback), leaving NAG applied."""
     session = _session(pipe)
     if session is None:
         return pipe
-    pipe.__class__ = session.base_class
+    if session.busy.locked():
+        raise RuntimeError(
+            f"nag.remove: this {session.base_class.__name__} is running a call (in another thread, or this is its "
+            "own step callback): remove NAG after the call returns"
+        )
     session.handle.remove()
+    pipe.__class__ = session.base_class
     del pipe._nag_session
     pipe.__dict__.pop("nag_report", None)
     return pipe
@@ -170,6 +179,7 @@ def _applied_class(base: type) -> type:
     cls = _APPLIED_CLASSES.get(base)
     if cls is None:
         methods = {
+            "_nag_stock_class": base,
             "__module__": base.__module__,
             "__call__": _with_signature(_NAGPipelineMixin.__call__, base.__call__),
         }
@@ -201,9 +211,12 @@ def _on_stock_processors(name: str) -> Any:
     diffusers' ``isinstance`` checks and ``type(processor)()`` rebuilds see its own classes) and put back after."""
 
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        session: Session = self._nag_session
-        models = [getattr(self, attr) for attr in session.family.denoisers if getattr(self, attr, None) is not None]
-        with stock_processors(models, session.state):
+        session = _session(self)
+        if session is None:
+            return getattr(stock_class(self), name)(self, *args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            for model, state in zip(session.handle.models, session.handle.states, strict=True):
+                stack.enter_context(stock_processors([model], state))
             return getattr(session.base_class, name)(self, *args, **kwargs)
 
     return method
@@ -239,7 +252,15 @@ class _NAGPipelineMixin:
         nag_pooled: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        session: Session = self._nag_session
+        given = [name for name, value in locals().items() if name in NAG_CALL_ARGUMENTS and value is not None]
+        session = _session(self)
+        if session is None:  # built from an applied pipeline's class (type(pipe)(**pipe.components)), never applied
+            if given:
+                raise ValueError(
+                    f"NAG is not applied to this {type(self).__name__} (it was built from an applied pipeline's "
+                    f"class), so {given} cannot act: call nag.apply(pipe) first"
+                )
+            return super().__call__(*args, **kwargs)
         misspelt = sorted(name for name in kwargs if name.startswith("nag_"))
         if misspelt:
             raise TypeError(f"unknown NAG argument(s) {misspelt}; the NAG arguments are {list(NAG_CALL_ARGUMENTS)}")
@@ -279,6 +300,7 @@ class _NAGPipelineMixin:
         **overrides: float | str | None,
     ) -> Any:
         session: Session = self._nag_session
+        self.nag_report = None
         config = session.defaults.with_overrides(**overrides)
         config = config.with_overrides(pooled=session.family.pooled_for(config))
         negative = _check_negative(
@@ -287,45 +309,40 @@ class _NAGPipelineMixin:
             nag_negative_prompt_attention_mask,
             nag_negative_pooled_prompt_embeds,
         )
+        family = session.family
         if isinstance(negative, NegativeText):
-            _check_width(self, session.family, negative)
-            if config.pooled == "negative" and negative.pooled is None:
-                raise ValueError(
-                    "pooled='negative' with nag_negative_prompt_embeds needs nag_negative_pooled_prompt_embeds "
-                    "(the negative's pooled vector), or give the negative as nag_negative_prompt"
-                )
-        family = session.family.name
+            check_negative(negative, family, _first_denoiser(self, family), config)
         if negative is None:
-            self.nag_report = inactive_report(family, config, "no NAG negative given: ran the stock pipeline")
+            self.nag_report = inactive_report(family.name, config, "no NAG negative given: ran the stock pipeline")
             return super().__call__(*args, **kwargs)
         if not config.active:
             reason = "scale is 1" if config.scale == 1.0 else "alpha is 0"
-            self.nag_report = inactive_report(family, config, f"{reason}: ran the stock pipeline")
+            self.nag_report = inactive_report(family.name, config, f"{reason}: ran the stock pipeline")
             return super().__call__(*args, **kwargs)
-        if isinstance(negative, tuple) and getattr(self, "tokenizer", False) is None:
+        if isinstance(negative, tuple) and not _can_tokenize(self):
             raise ValueError(
                 f"this {type(self).__name__} has no tokenizer, so it cannot encode nag_negative_prompt: give the "
                 "negative as nag_negative_prompt_embeds"
             )
         prompt_rows = _check_batch(super().__call__, args, kwargs, negative)
-        session.handle.refresh()
-        session.handle.refuse_unsupported_setups(config)
-        state = session.state
-        scheduler = getattr(self, "scheduler", None)
-        schedule = None if scheduler is None else schedule_of(scheduler)
-        negative_text = negative if isinstance(negative, NegativeText) else None
-        state.begin_call(config, negative_text, prompt_rows, schedule=schedule)
-        state.call.negative_prompt = negative if isinstance(negative, tuple) else None
+        kwargs = _suspend_callbacks(kwargs, session.handle)
+        session.call = session.handle.begin(
+            negative,
+            config=config,
+            prompt_rows=prompt_rows,
+            count_steps=functools.partial(_steps_of, self),
+            scheduler=getattr(self, "scheduler", None),
+        )
         try:
             return super().__call__(*args, **kwargs)
         finally:
-            call = state.end_call()
-            self.nag_report = report_from_call(family, call)
+            session.call = None
+            self.nag_report = report_from_call(family.name, session.handle.finish())
 
     def encode_prompt(self, *args: Any, **kwargs: Any) -> Any:
         encoded = super().encode_prompt(*args, **kwargs)
-        session: Session = self._nag_session
-        call = session.state.call
+        session = _session(self)
+        call = session.call if session is not None else None
         if call is None or call.encoding_negative:
             return encoded
         values = _named(session.family, encoded)
@@ -347,7 +364,7 @@ class _NAGPipelineMixin:
         """Encode the NAG negative with the same options (device, lengths, clip skip, LoRA scale...) that the
         pipeline just used for the prompt, without CFG and with one image per prompt."""
         session: Session = self._nag_session
-        prompts = session.state.call.negative_prompt
+        prompts = session.call.negative_prompt
         signature = inspect.signature(encode)
         bound = signature.bind(*args, **kwargs)
         call_args = dict(bound.arguments)
@@ -382,7 +399,8 @@ def _check_negative(
     mask: torch.Tensor | None,
     pooled: torch.Tensor | None = None,
 ) -> tuple[str, ...] | NegativeText | None:
-    """Validate the NAG negative before any compute: prompt text(s), or embeddings (+ mask, + pooled vector)."""
+    """Which of the NAG negative's arguments were given, checked before any compute: prompt text(s), or embeddings
+    (+ mask, + pooled vector; their values are checked by ``check_negative``)."""
     if prompt is not None and embeds is not None:
         raise ValueError("give either nag_negative_prompt or nag_negative_prompt_embeds, not both")
     if mask is not None and embeds is None:
@@ -390,43 +408,66 @@ def _check_negative(
     if pooled is not None and embeds is None:
         raise ValueError("nag_negative_pooled_prompt_embeds needs nag_negative_prompt_embeds")
     if prompt is not None:
-        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"nag_negative_prompt must be a string or a non-empty list of strings, got {prompt!r}")
-        return prompts
+        return check_negative_prompt(prompt)
     if embeds is None:
         return None
-    if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
-        raise ValueError(
-            "nag_negative_prompt_embeds must be a tensor of shape (batch, tokens, channels), got "
-            f"{getattr(embeds, 'shape', type(embeds).__name__)}"
-        )
-    if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(embeds.shape[:2])):
-        raise ValueError(
-            f"nag_negative_prompt_attention_mask must have shape {tuple(embeds.shape[:2])}, "
-            f"got {getattr(mask, 'shape', type(mask).__name__)}"
-        )
-    if pooled is not None and (
-        not isinstance(pooled, torch.Tensor) or pooled.ndim != 2 or pooled.shape[0] != embeds.shape[0]
-    ):
-        raise ValueError(
-            f"nag_negative_pooled_prompt_embeds must have shape ({embeds.shape[0]}, width), "
-            f"got {getattr(pooled, 'shape', type(pooled).__name__)}"
-        )
     return NegativeText(embeds, mask, pooled)
 
 
-def _check_width(pipe: Any, family: Family, negative: NegativeText) -> None:
-    """Negative embeddings must be floating point and as wide as the text embeddings the denoiser takes."""
-    if not negative.embeds.is_floating_point():
-        raise ValueError(f"nag_negative_prompt_embeds must be floating point, got {negative.embeds.dtype}")
-    denoiser = next((getattr(pipe, a) for a in family.denoisers if getattr(pipe, a, None) is not None), None)
-    width = getattr(getattr(denoiser, "config", None), family.text_width, None) if family.text_width else None
-    if isinstance(width, int) and negative.embeds.shape[-1] != width:
-        raise ValueError(
-            f"nag_negative_prompt_embeds have {negative.embeds.shape[-1]} channels, but {type(denoiser).__name__} "
-            f"takes text embeddings of width {width} ({family.text_width})"
-        )
+def _first_denoiser(pipe: Any, family: Family) -> Any:
+    return next((getattr(pipe, a) for a in family.denoisers if getattr(pipe, a, None) is not None), None)
+
+
+def _can_tokenize(pipe: Any) -> bool:
+    """Whether the pipeline holds a tokenizer to encode a text negative with (the SDXL refiner has only
+    ``tokenizer_2``; pipelines with no tokenizer attribute at all encode in their own way)."""
+    tokenizers = [name for name in vars(pipe) if name.startswith("tokenizer")]
+    return not tokenizers or any(getattr(pipe, name) is not None for name in tokenizers)
+
+
+def _suspend_callbacks(kwargs: dict, handle: NAGHandle) -> dict:
+    """The call's step callbacks run with NAG suspended: a callback that calls another pipeline over the same
+    denoiser gets that pipeline's own (stock, or its own NAG) forwards."""
+    changed = dict(kwargs)
+    for name in ("callback_on_step_end", "callback"):
+        callback = kwargs.get(name)
+        if callback is not None and callable(callback):
+            changed[name] = _suspending(callback, handle)
+    return changed
+
+
+def _suspending(callback: Any, handle: NAGHandle) -> Any:
+    """``callback`` run inside ``handle.suspended()``; diffusers' callback objects (``PipelineCallback``,
+    ``MultiPipelineCallbacks``) stay objects of their class, so pipelines still read their ``tensor_inputs``."""
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    if not isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+
+        @functools.wraps(callback)
+        def suspended(*args: Any, **kwargs: Any) -> Any:
+            with handle.suspended():
+                return callback(*args, **kwargs)
+
+        return suspended
+    proxy = object.__new__(_suspending_class(type(callback)))
+    proxy.__dict__.update(callback.__dict__)
+    proxy.__dict__["_nag_handle"] = handle
+    return proxy
+
+
+_SUSPENDING_CLASSES: dict[type, type] = {}
+
+
+def _suspending_class(base: type) -> type:
+    cls = _SUSPENDING_CLASSES.get(base)
+    if cls is None:
+
+        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with self.__dict__["_nag_handle"].suspended():
+                return base.__call__(self, *args, **kwargs)
+
+        cls = _SUSPENDING_CLASSES[base] = type(base.__name__, (base,), {"__call__": __call__})
+    return cls
 
 
 def _check_batch(call: Any, args: tuple, kwargs: dict, negative: tuple[str, ...] | NegativeText) -> int | None:

@@ -55,7 +55,7 @@ def report_from_call(family: str, call: CallInfo) -> NAGReport:
     """Build the report; the call's host syncs happen here, after the last step (two: the ratio statistics and
     the guided timesteps)."""
     warnings = list(call.notes)
-    per_layer = call.stats.cpu() if call.stats is not None else torch.zeros(0, 3)
+    per_layer = torch.cat([stats.cpu() for stats in call.stats.values()]) if call.stats else torch.zeros(0, 3)
     layers_guided = int((per_layer[:, 2] > 0).sum())
     if not layers_guided:
         if call.negative is None:

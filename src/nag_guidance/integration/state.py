@@ -1,17 +1,20 @@
-"""Per-pipeline NAG state shared by the call wrapper, the denoiser hooks and the attention wrappers.
+"""The NAG state of one hooked denoiser, shared by its denoiser hooks and attention wrappers.
 
-One ``NAGState`` lives as long as ``nag.apply``. A pipeline call fills ``call`` (``begin_call``) and always
-empties it again (``end_call``, in a ``finally``), so a failed call leaves nothing behind and the next plain
-call runs exactly the stock computation: every hook is inert while ``call`` is None.
+One ``NAGState`` lives as long as NAG's hooks on a denoiser, which every pipeline (and handle) using that denoiser
+shares. A call arms it for the calling thread only (``arm``) and always disarms it again (``disarm``, in a
+``finally``): ``call`` is the calling thread's innermost armed call, so a forward from another thread, or from a
+pipeline that armed nothing, runs exactly the stock computation: every hook is inert while ``call`` is None.
 
 Per denoiser forward the denoiser hook calls ``plan_forward``: it decides whether this forward is guided and
 which batch rows are the conditional ones, and leaves the answer in ``forward`` (None = run as stock) for the
-attention wrappers to read.
+attention wrappers to read. Forwards of one hooked denoiser from several threads take turns (``forward_lock``), so
+``forward`` is always the running forward's own.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +72,21 @@ def schedule_of(scheduler: Any) -> Schedule:
     return Schedule(int(config.get("num_train_timesteps", 1000)), flow)
 
 
+def window_guides(
+    config: NAGConfig, t: float | None, step_index: int, num_steps: int | None, schedule: Schedule | None
+) -> bool | None:
+    """Whether the step at scheduler timestep ``t`` (step ``step_index`` of ``num_steps``) is inside the NAG window
+    of ``config`` — the one window rule of every door; None where the window needs what is unknown (the schedule,
+    or the number of steps)."""
+    if config.full_window:
+        return True
+    if config.window == "schedule":
+        return None if schedule is None or t is None else schedule.guides(t, config.start, config.end)
+    if not num_steps:
+        return None
+    return config.start <= step_index / num_steps < config.end
+
+
 @dataclass
 class NegativeText:
     """The encoded NAG negative as the denoiser will see it.
@@ -110,11 +128,14 @@ class ForwardPlan:
     text padding better than the model's joint mask. ``negative_rows``: the negative branch runs on rows of its
     own, batch..2·batch of the text stream (``pooled="negative"``, see ``NegativeRows``), and ``text_length`` is
     then the common length both texts were padded to. ``family``: the family module's own per-forward values
-    (its dataclass, set by its hooks).
+    (its dataclass, set by its hooks). ``call``: the call that armed this forward; ``stats``: its statistics
+    rows for this denoiser's layers (see ``NAGState.guide_``).
     """
 
     rows: slice
     batch: int
+    call: CallInfo
+    stats: torch.Tensor
     text_length: int = 0
     negative_length: int = 0
     text_key_masks: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -122,13 +143,14 @@ class ForwardPlan:
     family: Any = None
 
 
-@dataclass
+@dataclass(eq=False)
 class CallInfo:
-    """What one NAG-enabled pipeline call knows; dropped at the end of the call."""
+    """What one NAG-enabled call knows; dropped at the end of the call."""
 
     config: NAGConfig
     negative: NegativeText | None = None
     num_steps: int | None = None
+    count_steps: Callable[[], int | None] | None = None  # reads the number of denoising steps once they are set
     schedule: Schedule | None = None  # the scheduler's, for a partial schedule window
     step_index: int = -1
     last_timestep: float | None = None
@@ -140,7 +162,7 @@ class CallInfo:
     negative_prompt: tuple[str, ...] | None = None  # the NAG negative as text, when given as text
     encoding_negative: bool = False  # True while the pipeline's encode_prompt encodes the NAG negative
     negative_cache: dict = field(default_factory=dict)
-    stats: torch.Tensor | None = None  # per guided layer: [sum of r, tokens clipped, tokens], see ``NAGState.guide_``
+    stats: dict = field(default_factory=dict)  # NAGState -> per layer [sum of r, tokens clipped, tokens]
     guided_timesteps: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     family: Any = None  # the family module's own per-call values (its dataclass, created by its hooks)
@@ -151,21 +173,16 @@ class CallInfo:
 
 
 class NAGState:
-    """Mutable state of one applied pipeline (see the module docstring)."""
+    """Mutable state of one hooked denoiser (see the module docstring)."""
 
-    def __init__(
-        self,
-        cond_first: bool = False,
-        count_steps: Callable[[], int | None] | None = None,
-        timestep_units: str = "scheduler",
-    ) -> None:
+    def __init__(self, cond_first: bool = False, timestep_units: str = "scheduler") -> None:
         self.cond_first = cond_first  # the family batches CFG as [cond, uncond]
-        self.count_steps = count_steps  # the number of denoising steps of the running call, where it can be read
         self.timestep_units = timestep_units  # how the denoiser's timestep relates to the scheduler's
-        self.call: CallInfo | None = None
         self.forward: ForwardPlan | None = None
-        self.layers: list[str] = []  # names of the wrapped layers; a layer's index is its row in ``CallInfo.stats``
-        self.rewrappers: list[Callable[[], list[str]]] = []  # wrap what diffusers replaced since (see hooks)
+        self.forward_lock = threading.RLock()  # held from the denoiser's pre-hook to its post-hook
+        self.layers: list[str] = []  # names of the wrapped layers; a layer's index is its row in the statistics
+        self.rewrappers: list[Callable[[], list[str]]] = []  # wrap what diffusers replaced since (see processors)
+        self._armed = threading.local()  # per thread: the stack of armed calls (None: suspended)
 
     def add_layer(self, name: str) -> int:
         if name not in self.layers:
@@ -174,33 +191,33 @@ class NAGState:
 
     # -- call lifetime -------------------------------------------------------------------------
 
-    def begin_call(
-        self,
-        config: NAGConfig,
-        negative: NegativeText | None,
-        prompt_rows: int | None = None,
-        num_steps: int | None = None,
-        schedule: Schedule | None = None,
-    ) -> None:
-        self.call = CallInfo(
-            config=config, negative=negative, prompt_rows=prompt_rows, num_steps=num_steps, schedule=schedule
-        )
-        self.forward = None
+    @property
+    def call(self) -> CallInfo | None:
+        """The calling thread's innermost armed call (None: run as stock)."""
+        stack = getattr(self._armed, "stack", None)
+        return stack[-1] if stack else None
 
-    def end_call(self) -> CallInfo | None:
-        call, self.call, self.forward = self.call, None, None
-        return call
+    def arm(self, call: CallInfo | None) -> None:
+        """Guide this thread's forwards by ``call`` until ``disarm`` (None: run them as stock meanwhile)."""
+        if not hasattr(self._armed, "stack"):
+            self._armed.stack = []
+        self._armed.stack.append(call)
+
+    def disarm(self, call: CallInfo | None) -> None:
+        stack = getattr(self._armed, "stack", [])
+        if not stack or stack[-1] is not call:
+            raise RuntimeError("NAG calls on one denoiser must end in the order they began")
+        stack.pop()
 
     # -- per denoiser forward ------------------------------------------------------------------
 
-    def _advance_step(self, timestep: Any) -> None:
+    def _advance_step(self, call: CallInfo, timestep: Any) -> None:
         """Count denoising steps (a step starts whenever the denoiser's timestep changes) and keep the step's
         scheduler timestep.
 
         Reading the value costs a host sync, so it is only done when the window is partial; with the full window
         every forward is in it and the steps are counted from the kept timesteps at the end.
         """
-        call = self.call
         if call.config.full_window:
             return
         value = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
@@ -208,22 +225,14 @@ class NAGState:
             call.step_index += 1
             call.last_timestep = value
 
-    def in_window(self) -> bool:
-        call = self.call
-        config = call.config
-        if config.full_window:
+    def in_window(self, call: CallInfo) -> bool:
+        t = None if call.last_timestep is None else scheduler_timestep(call.last_timestep, self.timestep_units)
+        inside = window_guides(call.config, t, call.step_index, call.num_steps, call.schedule)
+        if inside is None:
+            unknown = "the scheduler" if call.config.window == "schedule" else "the number of denoising steps"
+            call.note(f"{unknown} is unknown: the start/end window was not applied")
             return True
-        if config.window == "schedule":
-            if call.schedule is None:
-                call.note("the scheduler is unknown: the start/end window was not applied")
-                return True
-            t = scheduler_timestep(call.last_timestep, self.timestep_units)
-            return call.schedule.guides(t, config.start, config.end)
-        if not call.num_steps:
-            call.note("the number of denoising steps is unknown: the start/end window was not applied")
-            return True
-        fraction = call.step_index / call.num_steps
-        return config.start <= fraction < config.end
+        return inside
 
     def plan_forward(self, batch: int, text: Any, timestep: Any) -> ForwardPlan | None:
         """Which rows of this denoiser forward to guide (None: run it exactly as stock).
@@ -238,12 +247,12 @@ class NAGState:
         call = self.call
         if call is None or call.negative is None:
             return None
-        if call.num_steps is None and self.count_steps is not None:
-            call.num_steps = self.count_steps()
-        self._advance_step(timestep)
-        uncond = call.context == "uncond" or (call.context is None and self._is_uncond(text))
+        if call.num_steps is None and call.count_steps is not None:
+            call.num_steps = call.count_steps()
+        self._advance_step(call, timestep)
+        uncond = call.context == "uncond" or (call.context is None and _is_uncond(call, text))
         call.separate_uncond = call.separate_uncond or uncond  # even outside the window (PAB's refusal needs it)
-        if not self.in_window():
+        if not self.in_window(call):
             return None
         if call.context not in GUIDED_CONTEXTS:
             return None
@@ -258,32 +267,20 @@ class NAGState:
             call.note(f"denoiser batch {batch} does not fit {cond} prompt rows: that forward was left unguided")
             return None
         call.guided_timesteps.append(timestep)
-        if call.stats is None:
+        stats = call.stats.get(self)
+        if stats is None:
             device = text.device if isinstance(text, torch.Tensor) else None
-            call.stats = torch.zeros(len(self.layers), 3, dtype=torch.float32, device=device)
-        self.forward = ForwardPlan(rows=rows, batch=batch)
+            stats = call.stats[self] = torch.zeros(len(self.layers), 3, dtype=torch.float32, device=device)
+        self.forward = ForwardPlan(rows=rows, batch=batch, call=call, stats=stats)
         return self.forward
-
-    def _is_uncond(self, text: Any) -> bool:
-        call = self.call
-        uncond, cond = call.uncond_embeds, call.cond_embeds
-        if not isinstance(text, torch.Tensor) or not isinstance(uncond, torch.Tensor):
-            return False
-        if text is uncond:
-            return True
-        if text is cond or text.shape != uncond.shape:
-            return False
-        same_as_uncond = torch.equal(text, uncond.to(text.device, text.dtype))
-        same_as_cond = isinstance(cond, torch.Tensor) and torch.equal(text, cond.to(text.device, text.dtype))
-        return same_as_uncond and not same_as_cond
 
     def negative_rows(self, count: int, *, device: torch.device, dtype: torch.dtype) -> NegativeText:
         """The negative expanded to ``count`` rows; cached for the call (the same every step)."""
+        call = self.call
         key = (count, device, dtype)
-        cache = self.call.negative_cache
-        if key not in cache:
-            cache[key] = self.call.negative.rows(count, device=device, dtype=dtype)
-        return cache[key]
+        if key not in call.negative_cache:
+            call.negative_cache[key] = call.negative.rows(count, device=device, dtype=dtype)
+        return call.negative_cache[key]
 
     # -- guidance ------------------------------------------------------------------------------
 
@@ -294,9 +291,31 @@ class NAGState:
         The statistics go into one preallocated tensor, never into Python numbers or containers, so a compiled
         denoiser sees the same guards at every step and never recompiles.
         """
-        config = self.call.config
+        plan = self.forward
+        config = plan.call.config
         _, ratio = normalized_attention_guidance_(
             z_pos, z_neg, config.scale, config.tau, config.alpha, return_ratio=True
         )
         counts = torch.stack([ratio.sum(), (ratio > config.tau).sum().float(), ratio.new_tensor(ratio.numel())])
-        self.call.stats[layer].add_(counts.to(self.call.stats.device))
+        plan.stats[layer].add_(counts.to(plan.stats.device))
+
+
+def _is_uncond(call: CallInfo, text: Any) -> bool:
+    """Whether ``text`` is the pipeline's own CFG negative (by identity, then by value)."""
+    uncond, cond = call.uncond_embeds, call.cond_embeds
+    if not isinstance(text, torch.Tensor) or not isinstance(uncond, torch.Tensor):
+        return False
+    if text is uncond:
+        return True
+    if text is cond or text.shape != uncond.shape:
+        return False
+    same_as_uncond = torch.equal(text, uncond.to(text.device, text.dtype))
+    same_as_cond = isinstance(cond, torch.Tensor) and torch.equal(text, cond.to(text.device, text.dtype))
+    return same_as_uncond and not same_as_cond
+
+
+def distinct_steps(timesteps: Any) -> int:
+    """The number of denoising steps in a scheduler's timesteps: runs of equal values count once (Heun and other
+    second-order schedulers evaluate most timesteps twice; custom sigmas may repeat)."""
+    values = timesteps.reshape(-1).tolist() if isinstance(timesteps, torch.Tensor) else [float(t) for t in timesteps]
+    return sum(1 for i, v in enumerate(values) if i == 0 or v != values[i - 1])

@@ -138,6 +138,44 @@ def make_sdxl(img2img: bool = False):
     return pipe
 
 
+def make_sdxl_refiner(base):
+    """The SDXL refiner layout over ``base``'s second text encoder and VAE: no first encoder or tokenizer, a UNet
+    that takes encoder 2's text alone and aesthetic-score time ids (the "mixture of denoisers" pattern)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    torch.manual_seed(4)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=72,  # 5 * 8 + 32
+        cross_attention_dim=32,
+        norm_num_groups=4,
+    ).eval()
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=base.tokenizer_2,
+        unet=unet,
+        scheduler=base.scheduler,
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def image_call_kwargs(**overrides) -> dict:
     """2 steps at 16×16 (latent 8×8 → 64 tokens at the first UNet level), no CFG, latent output."""
     kwargs = dict(height=16, width=16, num_inference_steps=2, guidance_scale=1.0, output_type="latent")

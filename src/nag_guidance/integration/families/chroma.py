@@ -8,11 +8,9 @@ from typing import Any
 
 import torch
 
-from nag_guidance.integration import joint_attention
+from nag_guidance.integration.denoiser_hooks import joined_mask
 from nag_guidance.integration.families.flux import extend_text_ids
-from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.negative_text import joined_mask
-from nag_guidance.integration.registry import Family
+from nag_guidance.integration.family import Family, JointLayout
 from nag_guidance.integration.state import ForwardPlan, NegativeText
 
 
@@ -36,10 +34,11 @@ def extend_inputs(arguments: dict[str, Any], plan: ForwardPlan, negative: Negati
 
 CHROMA = Family(
     name="chroma",
+    denoiser_classes=("ChromaTransformer2DModel",),
     timestep_units="fraction",
-    text_width="joint_attention_dim",
+    text_width=("joint_attention_dim",),
     pipelines=("ChromaPipeline", "ChromaImg2ImgPipeline"),
-    install=joint_attention.install,
+    mechanism="joint",
     preset="chroma",
     encode_returns=("embeds", "ids", "mask", "uncond", "uncond_ids", "uncond_mask"),
     mask_arg=None,

@@ -17,16 +17,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nag_guidance.integration import joint_attention
-from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.negative_text import NegativeAlone, text_tail
-from nag_guidance.integration.registry import Family, Undo
+from nag_guidance.integration.denoiser_hooks import NegativeAlone, text_tail
+from nag_guidance.integration.family import Family, JointLayout, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState
 
 
-def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
-    undo = joint_attention.install(pipe, family, state)
-    return [*undo, *NegativeAlone(pipe.transformer.patch_embed, state, text_tail("text_embeds"), _embed_negative).undo]
+def module_hooks(model: torch.nn.Module, state: NAGState) -> list[Undo]:
+    return NegativeAlone(model.patch_embed, state, text_tail("text_embeds"), _embed_negative).undo
 
 
 def _embed_negative(
@@ -50,14 +47,16 @@ def _embed_negative(
 
 COGVIDEOX = Family(
     name="cogvideox",
-    text_width="text_embed_dim",
+    denoiser_classes=("CogVideoXTransformer3DModel",),
+    text_width=("text_embed_dim",),
     pipelines=(
         "CogVideoXPipeline",
         "CogVideoXImageToVideoPipeline",
         "CogVideoXVideoToVideoPipeline",
         "CogVideoXFunControlPipeline",
     ),
-    install=install,
+    mechanism="joint",
+    module_hooks=module_hooks,
     preset="generic",
     encode_returns=("embeds", "uncond"),
     mask_arg=None,

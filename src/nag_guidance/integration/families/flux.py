@@ -19,10 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nag_guidance.integration import joint_attention
-from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.negative_text import NegativeRows
-from nag_guidance.integration.registry import Family, Undo
+from nag_guidance.integration.family import Family, JointLayout, NegativeRows, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
 
 
@@ -123,10 +120,11 @@ def _flux_preset(pipe: Any) -> str:
 
 FLUX = Family(
     name="flux",
+    denoiser_classes=("FluxTransformer2DModel",),
     timestep_units="fraction",
-    text_width="joint_attention_dim",
+    text_width=("joint_attention_dim",),
     pipelines=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
-    install=joint_attention.install,
+    mechanism="joint",
     preset=_flux_preset,
     encode_returns=("embeds", "pooled", "ids"),
     mask_arg=None,
@@ -142,9 +140,9 @@ FLUX = Family(
 FLUX_KONTEXT = Family(
     name="flux-kontext",
     timestep_units="fraction",
-    text_width="joint_attention_dim",
+    text_width=("joint_attention_dim",),
     pipelines=("FluxKontextPipeline", "FluxKontextInpaintPipeline"),
-    install=joint_attention.install,
+    mechanism="joint",
     preset="flux-kontext",
     encode_returns=("embeds", "pooled", "ids"),
     mask_arg=None,

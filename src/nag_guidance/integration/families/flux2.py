@@ -11,9 +11,7 @@ from typing import Any
 
 import torch
 
-from nag_guidance.integration import joint_attention
-from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family
+from nag_guidance.integration.family import Family, JointLayout
 from nag_guidance.integration.state import ForwardPlan, NegativeText
 
 
@@ -27,11 +25,12 @@ def extend_text_ids(arguments: dict[str, Any], plan: ForwardPlan, negative: Nega
 
 FLUX2 = Family(
     name="flux2",
+    denoiser_classes=("Flux2Transformer2DModel",),
     timestep_units="fraction",
-    text_width="joint_attention_dim",
+    text_width=("joint_attention_dim",),
     pipelines=("Flux2Pipeline", "Flux2KleinPipeline"),
     cfg_argument=None,  # FLUX.2-dev is guidance-distilled; Klein's CFG negative is always ""
-    install=joint_attention.install,
+    mechanism="joint",
     preset="generic",
     encode_returns=("embeds", "ids"),
     mask_arg=None,

@@ -18,15 +18,13 @@ would reuse for the negative as well, is refused. The pipeline batches CFG as [u
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from nag_guidance.integration import joint_attention
-from nag_guidance.integration.hooks import bind_forward, unbind
-from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, Undo
+from nag_guidance.integration.denoiser_hooks import bind_forward, unbind
+from nag_guidance.integration.family import Family, JointLayout, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
 
 _LLAMA = "encoder_hidden_states_llama3"
@@ -52,14 +50,15 @@ class _Order:
     inverse: torch.Tensor
 
 
-def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
-    extend = _extend_llama(state)
-    undo = joint_attention.install(pipe, replace(family, extend_inputs=extend), state)
-    undo += [
+def pipeline_hooks(pipe: Any, state: NAGState) -> list[Undo]:
+    """The Llama part of the negative comes from the pipeline's own encoder helpers."""
+    return [
         _redirect(pipe, state, "_get_t5_prompt_embeds", "t5"),
         _redirect(pipe, state, "_get_llama3_prompt_embeds", "llama3"),
     ]
-    model = pipe.transformer
+
+
+def module_hooks(model: torch.nn.Module, state: NAGState) -> list[Undo]:
     handles = []
     for block in model.double_stream_blocks:
         handles.append(block.register_forward_pre_hook(_regroup_text(state, "encoder_hidden_states"), with_kwargs=True))
@@ -67,7 +66,7 @@ def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
     for block in model.single_stream_blocks:
         handles.append(block.register_forward_pre_hook(_regroup_text(state, "hidden_states"), with_kwargs=True))
         handles.append(block.register_forward_hook(_restore_single(state)))
-    return [*undo, *(handle.remove for handle in handles)]
+    return [handle.remove for handle in handles]
 
 
 def _redirect(pipe: Any, state: NAGState, name: str, part: str) -> Undo:
@@ -101,47 +100,41 @@ def _redirect(pipe: Any, state: NAGState, name: str, part: str) -> Undo:
     return undo
 
 
-def _extend_llama(state: NAGState):
+def extend_llama(arguments: dict[str, Any], plan: ForwardPlan, negative: NegativeText) -> None:
     """``extend_inputs``: append the negative's hidden states of every Llama layer to the prompt's, and note where
     each branch's tokens are in the text the blocks will see."""
-
-    def extend(arguments: dict[str, Any], plan: ForwardPlan, negative: NegativeText) -> None:
-        call = state.call
-        if call.negative_prompt is None:
-            raise ValueError(
-                "HiDream's text is T5 plus the hidden states of every Llama layer: give the NAG negative as text "
-                "(nag_negative_prompt); nag_negative_prompt_embeds can only carry its T5 part"
-            )
-        kept: _Call | None = call.family
-        if kept is None or kept.t5 is None or kept.llama3 is None:
-            raise ValueError(
-                "the NAG negative was not encoded: HiDream's encode_prompt reuses prompt_embeds_t5 / "
-                "prompt_embeds_llama3 when they are given, for the NAG negative too; pass the prompt as text"
-            )
-        llama = arguments[_LLAMA]
-        count = plan.rows.stop - plan.rows.start
-        key = (count, plan.batch, llama.device, llama.dtype)
-        if key not in kept.llama3_rows:
-            raw = kept.llama3
-            if count % raw.shape[1]:
-                raise ValueError(
-                    f"the NAG negative has {raw.shape[1]} rows, which does not divide the {count} prompt rows"
-                )
-            rows = raw.to(llama).repeat_interleave(count // raw.shape[1], dim=1)
-            kept.llama3_rows[key] = rows.repeat(1, plan.batch // count, 1, 1)
-        negative_llama = kept.llama3_rows[key]
-        arguments[_LLAMA] = torch.cat([llama, negative_llama], dim=2)
-        t5, t5_negative = plan.text_length, plan.negative_length
-        words, words_negative = llama.shape[2], negative_llama.shape[2]
-        # the model's text per block: [T5+ | T5− | Llama+ | Llama− | layer-k+ | layer-k−]
-        spans = [t5, t5_negative, words, words_negative, words, words_negative]
-        starts = torch.tensor([0, *spans[:-1]]).cumsum(0).tolist()
-        ranges = [torch.arange(s, s + n, device=llama.device) for s, n in zip(starts, spans, strict=True)]
-        order = torch.cat(ranges[0::2] + ranges[1::2])
-        plan.family = _Order(order, torch.argsort(order))
-        plan.text_length, plan.negative_length = t5 + 2 * words, t5_negative + 2 * words_negative
-
-    return extend
+    call = plan.call
+    if call.negative_prompt is None:
+        raise ValueError(
+            "HiDream's text is T5 plus the hidden states of every Llama layer: give the NAG negative as text "
+            "(nag_negative_prompt); nag_negative_prompt_embeds can only carry its T5 part"
+        )
+    kept: _Call | None = call.family
+    if kept is None or kept.t5 is None or kept.llama3 is None:
+        raise ValueError(
+            "the NAG negative was not encoded: HiDream's encode_prompt reuses prompt_embeds_t5 / "
+            "prompt_embeds_llama3 when they are given, for the NAG negative too; pass the prompt as text"
+        )
+    llama = arguments[_LLAMA]
+    count = plan.rows.stop - plan.rows.start
+    key = (count, plan.batch, llama.device, llama.dtype)
+    if key not in kept.llama3_rows:
+        raw = kept.llama3
+        if count % raw.shape[1]:
+            raise ValueError(f"the NAG negative has {raw.shape[1]} rows, which does not divide the {count} prompt rows")
+        rows = raw.to(llama).repeat_interleave(count // raw.shape[1], dim=1)
+        kept.llama3_rows[key] = rows.repeat(1, plan.batch // count, 1, 1)
+    negative_llama = kept.llama3_rows[key]
+    arguments[_LLAMA] = torch.cat([llama, negative_llama], dim=2)
+    t5, t5_negative = plan.text_length, plan.negative_length
+    words, words_negative = llama.shape[2], negative_llama.shape[2]
+    # the model's text per block: [T5+ | T5− | Llama+ | Llama− | layer-k+ | layer-k−]
+    spans = [t5, t5_negative, words, words_negative, words, words_negative]
+    starts = torch.tensor([0, *spans[:-1]]).cumsum(0).tolist()
+    ranges = [torch.arange(s, s + n, device=llama.device) for s, n in zip(starts, spans, strict=True)]
+    order = torch.cat(ranges[0::2] + ranges[1::2])
+    plan.family = _Order(order, torch.argsort(order))
+    plan.text_length, plan.negative_length = t5 + 2 * words, t5_negative + 2 * words_negative
 
 
 def _regroup_text(state: NAGState, argument: str):
@@ -187,9 +180,12 @@ def _restore_single(state: NAGState):
 
 HIDREAM = Family(
     name="hidream",
-    attachable=False,
+    denoiser_classes=("HiDreamImageTransformer2DModel",),
     pipelines=("HiDreamImagePipeline",),
-    install=install,
+    mechanism="joint",
+    extend_inputs=extend_llama,
+    module_hooks=module_hooks,
+    pipeline_hooks=pipeline_hooks,
     preset="generic",
     encode_returns=("embeds", "uncond", "llama3", "uncond_llama3", "pooled", "uncond_pooled"),
     text_arg="encoder_hidden_states_t5",

@@ -12,10 +12,8 @@ from typing import Any
 
 import torch
 
-from nag_guidance.integration import joint_attention
-from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.negative_text import NegativeAlone, text_tail
-from nag_guidance.integration.registry import Family, Undo
+from nag_guidance.integration.denoiser_hooks import NegativeAlone, text_tail
+from nag_guidance.integration.family import Family, JointLayout, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
 
 
@@ -31,10 +29,8 @@ def extend_inputs(arguments: dict[str, Any], plan: ForwardPlan, negative: Negati
     plan.text_key_masks = (mask, negative_mask)
 
 
-def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
-    undo = joint_attention.install(pipe, family, state)
-    refiner = NegativeAlone(pipe.transformer.context_embedder, state, text_tail("hidden_states"), _refine_negative)
-    return [*undo, *refiner.undo]
+def module_hooks(model: torch.nn.Module, state: NAGState) -> list[Undo]:
+    return NegativeAlone(model.context_embedder, state, text_tail("hidden_states"), _refine_negative).undo
 
 
 def _refine_negative(
@@ -46,9 +42,11 @@ def _refine_negative(
 
 HUNYUAN_VIDEO = Family(
     name="hunyuan-video",
-    text_width="text_embed_dim",
+    denoiser_classes=("HunyuanVideoTransformer3DModel",),
+    text_width=("text_embed_dim",),
     pipelines=("HunyuanVideoPipeline",),
-    install=install,
+    mechanism="joint",
+    module_hooks=module_hooks,
     preset="hunyuan-video",
     encode_returns=("embeds", "pooled", "mask"),
     mask_arg=None,

@@ -15,16 +15,16 @@ from typing import Any
 
 import torch
 
-from nag_guidance.integration import cross_attention
-from nag_guidance.integration.hooks import bind_forward, unbind
-from nag_guidance.integration.registry import Family, Undo
+from nag_guidance.integration.denoiser_hooks import bind_forward, unbind
+from nag_guidance.integration.family import Family, Undo
 from nag_guidance.integration.state import NAGState, NegativeText
 
 LTX = Family(
     name="ltx",
-    text_width="caption_channels",
+    denoiser_classes=("LTXVideoTransformer3DModel",),
+    text_width=("caption_channels",),
     pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"),
-    install=cross_attention.install,
+    mechanism="cross",
     preset="generic",
     encode_returns=("embeds", "mask", "uncond", "uncond_mask"),
 )
@@ -38,16 +38,15 @@ class _Connected:
     split: bool = False  # taken back out of the connectors' output
 
 
-def _install_ltx2(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
+def _connector_hooks(pipe: Any, state: NAGState) -> list[Undo]:
     connectors = getattr(pipe, "connectors", None)
     if connectors is None:
         raise ValueError(f"{type(pipe).__name__} has no text connectors: NAG cannot follow its text path")
-    undo = cross_attention.install(pipe, family, state)
     handles = [
         connectors.register_forward_pre_hook(_connect_negative(state), with_kwargs=True),
         connectors.register_forward_hook(_split_negative(state)),
     ]
-    return [*undo, *(handle.remove for handle in handles)]
+    return [handle.remove for handle in handles]
 
 
 def _connect_negative(state: NAGState):
@@ -95,9 +94,10 @@ def _split_negative(state: NAGState):
 
 LTX2 = Family(
     name="ltx2",
-    attachable=False,
+    denoiser_classes=("LTX2VideoTransformer3DModel",),
     pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline"),
-    install=_install_ltx2,
+    mechanism="cross",
+    pipeline_hooks=_connector_hooks,
     preset="ltx2",
     encode_returns=("embeds", "mask", "uncond", "uncond_mask"),
     attention=("attn2",),

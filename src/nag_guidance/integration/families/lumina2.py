@@ -16,14 +16,12 @@ a second call without a cache context, recognised by its text (the pipeline's ow
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from nag_guidance.integration import joint_attention, negative_text
-from nag_guidance.integration.hooks import bind_forward, unbind
-from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, Undo
+from nag_guidance.integration import denoiser_hooks
+from nag_guidance.integration.denoiser_hooks import bind_forward, unbind
+from nag_guidance.integration.family import Family, JointLayout, Undo
 from nag_guidance.integration.state import NAGState, NegativeText
 
 
@@ -59,17 +57,15 @@ def _layout(state: NAGState) -> _Layout | None:
     return None if plan is None or plan.family is None else plan.family.layout
 
 
-def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
-    undo = joint_attention.install(pipe, family, state)
-    model = pipe.transformer
+def module_hooks(model: torch.nn.Module, state: NAGState) -> list[Undo]:
     layers = model.layers
     handles = [layers[0].register_forward_pre_hook(_enter(model, state), with_kwargs=True)]
     handles += [layer.register_forward_pre_hook(_follow(state), with_kwargs=True) for layer in layers[1:]]
     handles.append(layers[-1].register_forward_hook(_leave(state)))
-    return [*undo, *(handle.remove for handle in handles)]
+    return [handle.remove for handle in handles]
 
 
-def _plan_forward(pipe: Any, family: Family, state: NAGState):
+def _plan_forward(family: Family, state: NAGState):
     """Denoiser pre-hook: plan the forward and keep what the layer hooks need; the inputs stay as they are."""
 
     def pre_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -79,7 +75,7 @@ def _plan_forward(pipe: Any, family: Family, state: NAGState):
         arguments = bind_forward(module, args, kwargs).arguments
         text = arguments["encoder_hidden_states"]
         plan = state.plan_forward(text.shape[0], text, arguments["timestep"])
-        negative_text.refuse_shared_attention_cache(module, state)
+        denoiser_hooks.refuse_shared_attention_cache(module, state)
         if plan is None:
             return
         height, width = arguments["hidden_states"].shape[-2:]
@@ -212,14 +208,16 @@ def _shifted_rotary(model: torch.nn.Module, captions: torch.Tensor, lengths: tor
 
 LUMINA2 = Family(
     name="lumina2",
+    denoiser_classes=("Lumina2Transformer2DModel",),
     timestep_units="reversed_fraction",
-    text_width="cap_feat_dim",
+    text_width=("cap_feat_dim",),
     pipelines=("Lumina2Pipeline",),
-    install=install,
+    mechanism="joint",
+    module_hooks=module_hooks,
     preset="generic",
     encode_returns=("embeds", "mask", "uncond", "uncond_mask"),
     mask_arg="encoder_attention_mask",
     attention=("layers.*.attn",),
     layout=JointLayout("sdpa", text_first=True),
-    denoiser_hook=_plan_forward,
+    pre_forward=_plan_forward,
 )

@@ -12,16 +12,12 @@ from typing import Any
 
 import torch
 
-from nag_guidance.integration import joint_attention
-from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, Undo
+from nag_guidance.integration.family import Family, JointLayout, Undo
 from nag_guidance.integration.state import NAGState
 
 
-def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
-    undo = joint_attention.install(pipe, family, state)
-    handle = pipe.transformer.pos_embed.register_forward_hook(_restart_negative_positions(state))
-    return [*undo, handle.remove]
+def module_hooks(model: torch.nn.Module, state: NAGState) -> list[Undo]:
+    return [model.pos_embed.register_forward_hook(_restart_negative_positions(state)).remove]
 
 
 def _restart_negative_positions(state: NAGState):
@@ -40,8 +36,9 @@ def _restart_negative_positions(state: NAGState):
 
 QWEN_IMAGE = Family(
     name="qwen-image",
+    denoiser_classes=("QwenImageTransformer2DModel",),
     timestep_units="fraction",
-    text_width="joint_attention_dim",
+    text_width=("joint_attention_dim",),
     pipelines=(
         "QwenImagePipeline",
         "QwenImageImg2ImgPipeline",
@@ -50,7 +47,8 @@ QWEN_IMAGE = Family(
         "QwenImageEditPlusPipeline",
         "QwenImageEditInpaintPipeline",
     ),
-    install=install,
+    mechanism="joint",
+    module_hooks=module_hooks,
     preset="generic",
     encode_returns=("embeds", "mask"),
     mask_arg="encoder_hidden_states_mask",

@@ -5,15 +5,14 @@ self-attention and is left alone. The pipeline batches CFG as [uncond, cond]; th
 modulated with the prompt rows' timestep + pooled embedding (see ``joint_attention``).
 """
 
-from nag_guidance.integration import joint_attention
-from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family
+from nag_guidance.integration.family import Family, JointLayout
 
 SD3 = Family(
     name="sd3",
-    text_width="joint_attention_dim",
+    denoiser_classes=("SD3Transformer2DModel",),
+    text_width=("joint_attention_dim",),
     pipelines=("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
-    install=joint_attention.install,
+    mechanism="joint",
     preset="sd35-large-turbo",
     encode_returns=("embeds", "uncond", "pooled", "uncond_pooled"),
     mask_arg=None,

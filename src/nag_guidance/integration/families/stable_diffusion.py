@@ -1,20 +1,36 @@
 """SD 1.x/2.x and SDXL: a ``UNet2DConditionModel`` whose ``attn2`` layers attend to the CLIP text.
 
-The pooled text and time ids of SDXL feed the UNet's added embeddings, not attention; they stay the prompt's.
+Both families share the denoiser class; a pipeline with a second text encoder (``text_encoder_2``, the SDXL
+layout, the refiner's included) is SDXL. The pooled text and time ids of SDXL feed the UNet's added embeddings,
+not attention; they stay the prompt's. Where the UNet projects the text itself (``encoder_hid_dim``: DeepFloyd IF's
+T5), the negative's embeddings are checked against that width.
 """
 
-from nag_guidance.integration import cross_attention
-from nag_guidance.integration.registry import Family
+from typing import Any
+
+from nag_guidance.integration.family import Family
+
+
+def _has_second_encoder(pipe: Any) -> bool:
+    return "text_encoder_2" in (getattr(pipe, "components", None) or {})
+
+
+def _has_one_encoder(pipe: Any) -> bool:
+    return not _has_second_encoder(pipe)
+
 
 SD = Family(
     name="sd",
-    text_width="cross_attention_dim",
+    denoiser_classes=("UNet2DConditionModel",),
+    accepts=_has_one_encoder,
+    text_width=("encoder_hid_dim", "cross_attention_dim"),
+    flow=False,
     pipelines=(
         "StableDiffusionPipeline",
         "StableDiffusionImg2ImgPipeline",
         "StableDiffusionInpaintPipeline",
     ),
-    install=cross_attention.install,
+    mechanism="cross",
     preset="sd15",
     encode_returns=("embeds", "uncond"),
     denoisers=("unet",),
@@ -22,13 +38,16 @@ SD = Family(
 
 SDXL = Family(
     name="sdxl",
-    text_width="cross_attention_dim",
+    denoiser_classes=("UNet2DConditionModel",),
+    accepts=_has_second_encoder,
+    text_width=("encoder_hid_dim", "cross_attention_dim"),
+    flow=False,
     pipelines=(
         "StableDiffusionXLPipeline",
         "StableDiffusionXLImg2ImgPipeline",
         "StableDiffusionXLInpaintPipeline",
     ),
-    install=cross_attention.install,
+    mechanism="cross",
     preset="sdxl",
     encode_returns=("embeds", "uncond", "pooled", "uncond_pooled"),
     denoisers=("unet",),

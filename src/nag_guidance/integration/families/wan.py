@@ -6,14 +6,14 @@ the prompt and negative branches (the processor finds the text as the last 512 t
 negative too because the pipeline pads it to the same length).
 """
 
-from nag_guidance.integration import cross_attention
-from nag_guidance.integration.registry import Family
+from nag_guidance.integration.family import Family
 
 WAN = Family(
     name="wan",
-    text_width="text_dim",
+    denoiser_classes=("WanTransformer3DModel",),
+    text_width=("text_dim",),
     pipelines=("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline"),
-    install=cross_attention.install,
+    mechanism="cross",
     preset="wan21",
     encode_returns=("embeds", "uncond"),
     denoisers=("transformer", "transformer_2"),

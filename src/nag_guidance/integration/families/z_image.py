@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 
-from nag_guidance.integration import joint_attention, negative_text
-from nag_guidance.integration.hooks import bind_forward
-from nag_guidance.integration.joint_attention import JointLayout
-from nag_guidance.integration.registry import Family, Undo
+from nag_guidance.integration import denoiser_hooks
+from nag_guidance.integration.denoiser_hooks import bind_forward
+from nag_guidance.integration.family import Family, JointLayout, Undo
 from nag_guidance.integration.state import ForwardPlan, NAGState, NegativeText
 
 
@@ -40,9 +39,7 @@ class _Call:
     captions: dict[tuple[int, int, int], _Caption] = field(default_factory=dict)
 
 
-def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
-    undo = joint_attention.install(pipe, family, state)
-    model = pipe.transformer
+def module_hooks(model: torch.nn.Module, state: NAGState) -> list[Undo]:
     original = model._build_unified_sequence
 
     def build_unified_sequence(*args: Any, **kwargs: Any):
@@ -57,10 +54,10 @@ def install(pipe: Any, family: Family, state: NAGState) -> list[Undo]:
     def undo_build() -> None:
         del model._build_unified_sequence
 
-    return [*undo, undo_build]
+    return [undo_build]
 
 
-def _plan_forward(pipe: Any, family: Family, state: NAGState):
+def _plan_forward(family: Family, state: NAGState):
     """Denoiser pre-hook: plan the forward and prepare the refined negative caption; inputs stay as they are."""
 
     def pre_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -73,7 +70,7 @@ def _plan_forward(pipe: Any, family: Family, state: NAGState):
             call.note("Z-Image omni (image-conditioned) mode is not guided")
             return
         plan = state.plan_forward(len(images), captions, arguments["t"])
-        negative_text.refuse_shared_attention_cache(module, state)
+        denoiser_hooks.refuse_shared_attention_cache(module, state)
         if plan is None:
             return
         if call.family is None:
@@ -140,10 +137,12 @@ def _append_caption(plan: ForwardPlan, unified, freqs, mask, image_lengths: list
 
 Z_IMAGE = Family(
     name="z-image",
+    denoiser_classes=("ZImageTransformer2DModel",),
     timestep_units="reversed_fraction",
-    text_width="cap_feat_dim",
+    text_width=("cap_feat_dim",),
     pipelines=("ZImagePipeline", "ZImageImg2ImgPipeline"),
-    install=install,
+    mechanism="joint",
+    module_hooks=module_hooks,
     preset="generic",
     encode_returns=("embeds", "uncond"),
     text_arg="cap_feats",
@@ -152,5 +151,5 @@ Z_IMAGE = Family(
     attention=("layers.*.attention",),
     cfg_cond_first=True,
     layout=JointLayout("dispatch", text_first=False),
-    denoiser_hook=_plan_forward,
+    pre_forward=_plan_forward,
 )

@@ -1,9 +1,9 @@
-"""Small reversible hooks shared by the NAG mechanisms.
+"""Attention-processor wrappers: how NAG takes the place of a diffusers processor, and gives it back exactly.
 
-Everything here is installed so that it can be undone exactly (the undo restores the very objects that were
-there) and composes with other hooks on the same modules: torch's own module hooks (accelerate's offload hooks
-and peft's LoRA layers keep working) and processor wrappers that keep the wrapped processor reachable and its
-signature visible. No module's ``forward`` is ever replaced, so compiled models stay compiled.
+A wrapper keeps the wrapped processor reachable and its signature visible, carries diffusers' registry metadata of
+the wrapped class, and is installed with the module's own ``set_processor``; the undo restores the very objects
+that were there. NAG follows the processors diffusers installs later (``set_attn_processor``,
+``set_default_attn_processor``, ``load_ip_adapter``, ``fuse_qkv_projections``) by wrapping them again.
 """
 
 from __future__ import annotations
@@ -20,77 +20,6 @@ import torch
 from nag_guidance.integration.state import NAGState
 
 _MISSING = object()
-
-
-def bind_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> inspect.BoundArguments:
-    """Bind a module call's arguments to the names of its class's ``forward``."""
-    return inspect.signature(type(module).forward).bind(module, *args, **kwargs)
-
-
-def unbind(bound: inspect.BoundArguments) -> tuple[tuple, dict]:
-    """(args, kwargs) of a bound forward call, without the module itself."""
-    return bound.args[1:], bound.kwargs
-
-
-def add_denoiser_hooks(
-    module: torch.nn.Module, pre: Callable[[torch.nn.Module, tuple, dict], Any], state: NAGState
-) -> Callable[[], None]:
-    """A kwargs-aware forward pre-hook, plus a post-hook that always clears the forward plan (even on error).
-
-    Both run eagerly under ``torch.compile``: the per-step planning (counting steps, reading timesteps, building
-    the negative's rows) then never becomes part of a guard, so a compiled denoiser does not recompile per step.
-    """
-
-    @torch.compiler.disable
-    def clear(_module: torch.nn.Module, _args: tuple, _output: Any) -> None:
-        state.forward = None
-
-    handles = [
-        module.register_forward_pre_hook(torch.compiler.disable(pre), with_kwargs=True),
-        module.register_forward_hook(clear, always_call=True),
-    ]
-
-    def undo() -> None:
-        for handle in handles:
-            handle.remove()
-
-    return undo
-
-
-def track_cache_context(model: torch.nn.Module, state: NAGState) -> Callable[[], None]:
-    """Record the name the pipeline gives ``model.cache_context(name)`` ("cond", "uncond", ...).
-
-    diffusers announces which branch a denoiser call computes through this context manager; wrapping the
-    instance's method (rather than a HookRegistry hook, whose removal rewrites ``forward`` and would drop
-    offload hooks added later) keeps the undo exact.
-    """
-    if not hasattr(model, "cache_context"):
-        return lambda: None
-    saved = model.__dict__.get("cache_context", _MISSING)
-    original = model.cache_context
-
-    @contextmanager
-    def cache_context(name: str, *args: Any, **kwargs: Any) -> Iterator[None]:
-        call = state.call
-        previous = call.context if call is not None else None
-        if call is not None:
-            call.context = name
-        try:
-            with original(name, *args, **kwargs):
-                yield
-        finally:
-            if call is not None:
-                call.context = previous
-
-    model.cache_context = cache_context
-
-    def undo() -> None:
-        if saved is _MISSING:
-            del model.cache_context
-        else:
-            model.cache_context = saved
-
-    return undo
 
 
 @contextmanager
