@@ -1,6 +1,7 @@
 """Hostile input to the `nag` command, class by class (bad floats, bad ints, bad paths, bad devices, bad text,
-byte-order marks): each is refused with one clear line (or click's own usage error), exit status 2, no
-traceback, and before any model is loaded — the table's runs replace ``generation.load`` with a tripwire."""
+empty selections, byte-order marks): each is refused with one clear line (or click's own usage error), exit status
+2, no traceback, and before any model is loaded — the table's runs replace ``generation.load`` and the evaluator
+with tripwires."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 
 from nag_guidance import batch, generation
 from nag_guidance.cli import app
+from nag_guidance.eval import runner as runner_module
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -99,7 +101,13 @@ BAD_TEXT = [
     case(["generate", "a circle", "-n", "red", "--method", "\udcff", "--out", OUT], "is unknown", kind="text"),
 ]
 
-CASES = [*BAD_FLOATS, *BAD_INTS, *BAD_PATHS, *BAD_DEVICES, *BAD_TEXT]
+BAD_SELECTIONS = [
+    *(case(["eval", "--quick", "--kinds", k, "--out", OUT], "no kind selected", kind="selection")
+      for k in (",", "", " , ,")),
+    case(["eval", "--kinds", "colour,colur", "--out", OUT], "unknown kinds ['colur']", kind="selection"),
+]  # fmt: skip
+
+CASES = [*BAD_FLOATS, *BAD_INTS, *BAD_PATHS, *BAD_DEVICES, *BAD_TEXT, *BAD_SELECTIONS]
 
 
 @pytest.fixture
@@ -108,6 +116,7 @@ def places(tmp_path, monkeypatch):
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(generation, "load", tripwire)
+    monkeypatch.setattr(runner_module, "Evaluator", tripwire)  # `nag eval` loads its models there
     (tmp_path / "out").mkdir()  # an existing folder is a good --out, and a bad --prompts
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "prompts.txt").write_text("a circle\n")
@@ -234,3 +243,18 @@ def test_web_page_values(tmp_path, values, message):
                  "tau": 2.5, "alpha": 0.5, "end": 1.0, "cfg_scale": 5.0, **values}  # fmt: skip
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         ui.Generator(["embedded"], tmp_path)(**arguments)
+
+
+def test_a_wrong_shaped_manifest_line_is_one_warning_line_and_the_batch_resumes(tmp_path):
+    prompts, out = tmp_path / "prompts.txt", tmp_path / "out"
+    prompts.write_text("a circle\na square\n")
+    arguments = ["generate", "--prompts", str(prompts), "-n", "red", "--steps", "1", "--out", str(out)]
+    assert runner.invoke(app, arguments).exit_code == 0
+    rank = out / "manifest-rank0.jsonl"
+    rank.write_text('{"index": 99}\n' + rank.read_text())
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0].startswith(f"warning: {rank}, line 1: not a record (a JSON object with a text 'key'"), lines
+    assert lines[0].endswith("skipped, its item is redone if it is part of this run"), lines
+    assert "2 already done" in result.output and sum("warning" in line for line in lines) == 1, result.output

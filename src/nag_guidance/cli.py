@@ -84,6 +84,27 @@ def user_errors() -> Iterator[None]:
         fail(f"out of memory ({first[:200]}): try fewer --num-images, a smaller size, or another --device")
 
 
+@contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """The package's own warnings (a skipped manifest line) as one ``warning:`` line each, not Python's form with
+    a source line; every other warning is shown as before."""
+    from rich.markup import escape
+
+    from nag_guidance.batch import ManifestWarning
+
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def show_ours(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, ManifestWarning):
+                console.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_ours
+        yield
+
+
 @app.callback()
 def _root() -> None:
     """Normalized Attention Guidance (NAG) for diffusers pipelines."""
@@ -207,7 +228,7 @@ def _batch(prompts: Path, out: Path, model, method, settings: dict, device: str,
     from nag_guidance.batch import run_batch
 
     quiet_model_loading()
-    with user_errors():
+    with user_errors(), warnings_as_lines():
         summary = run_batch(prompts, out, model, method, settings, device=device, dtype=dtype, preset=preset)
     if summary["rank"] == 0:
         console.print(
@@ -275,7 +296,7 @@ def evaluate(
     your --model with local CLIP scores."""
     from nag_guidance import generation
     from nag_guidance.eval import report, runner
-    from nag_guidance.eval.suite import ALL_KINDS
+    from nag_guidance.eval.suite import ALL_KINDS, check_kinds
     from nag_guidance.tiny.loading import MODELS
 
     embedded = model or "tiny"
@@ -285,7 +306,12 @@ def evaluate(
             "evaluating your own model needs --model, --clip-model (a local CLIP folder) and --pairs; the embedded "
             "models need none of them: --model tiny or --model tiny-flux"
         )
+    if kinds is None:
+        kinds = "colour" if quick else ",".join(ALL_KINDS)
+    kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     with user_errors():
+        if not own_model:
+            check_kinds(kind_list)
         generation.check_device(device)
         generation.check_output_folder(out)
         if docs is not None:
@@ -295,9 +321,7 @@ def evaluate(
         _user_eval(model, clip_model, pairs, out, seeds, device, steps)
         return
 
-    kinds = kinds or ("colour" if quick else ",".join(ALL_KINDS))
-    kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
-    with user_errors(), _progress() as bar:
+    with user_errors(), warnings_as_lines(), _progress() as bar:
         task = bar.add_task("eval", total=None)
         records = runner.run(
             out, quick=quick, kinds=kind_list, seeds=seeds, device=device, model=embedded,

@@ -18,6 +18,7 @@ from nag_guidance.eval.suite import (
     KINDS,
     Condition,
     Pair,
+    check_kinds,
     compared,
     conditions,
     flux_conditions,
@@ -192,6 +193,7 @@ def run(
     model: str = "tiny",
 ) -> list[dict]:
     """Run (or resume) the evaluation of embedded ``model`` into ``out``; returns every item's record, ordered."""
+    check_kinds(kinds)
     evaluator = Evaluator(device=device)
     (out / "samples").mkdir(parents=True, exist_ok=True)
 
