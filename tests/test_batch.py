@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -126,6 +127,42 @@ def test_a_line_appended_after_a_cut_one_is_kept(tmp_path):
     work, calls = writer(tmp_path)
     batch.run_items(fake_items(2), tmp_path, work)
     assert calls == [] and [r["index"] for r in manifest(tmp_path)] == [0, 1]  # before: item 1 glued to the cut
+
+
+class FullDisk:
+    """A file that takes half of each write, then reports a full disk."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+
+    def write(self, data):
+        self.file.write(data[: len(data) // 2])
+        self.file.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+def test_a_full_disk_while_merging_keeps_the_merged_manifest_whole(tmp_path, monkeypatch):
+    work, _ = writer(tmp_path)
+    batch.run_items(fake_items(3), tmp_path, work)
+    before = (tmp_path / batch.MANIFEST).read_text()
+    real_open = Path.open
+
+    def open_on_a_full_disk(self, mode="r", *args, **kwargs):
+        file = real_open(self, mode, *args, **kwargs)
+        return FullDisk(file) if set(mode) & set("wxa") else file
+
+    monkeypatch.setattr(Path, "open", open_on_a_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        batch.merge_manifests(tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / batch.MANIFEST).read_text() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def _records_point_at_their_own_pngs(out: Path) -> list[dict]:

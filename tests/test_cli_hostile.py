@@ -5,6 +5,9 @@ with tripwires."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import os
 import subprocess
@@ -13,6 +16,7 @@ import sys
 import pytest
 import torch
 import typer
+from PIL import Image
 from typer.testing import CliRunner
 
 from nag_guidance import batch, generation
@@ -258,3 +262,47 @@ def test_a_wrong_shaped_manifest_line_is_one_warning_line_and_the_batch_resumes(
     assert lines[0].startswith(f"warning: {rank}, line 1: not a record (a JSON object with a text 'key'"), lines
     assert lines[0].endswith("skipped, its item is redone if it is part of this run"), lines
     assert "2 already done" in result.output and sum("warning" in line for line in lines) == 1, result.output
+
+
+def _on_a_full_disk(monkeypatch, fails=lambda image: True) -> None:
+    """PNG writes of the images ``fails`` picks put half of the file down, then report a full disk, as a write to a
+    full filesystem does."""
+    real_save = Image.Image.save
+
+    def save(self, fp, format=None, **params):
+        if not fails(self):
+            return real_save(self, fp, format=format, **params)
+        data = io.BytesIO()
+        real_save(self, data, format="PNG", **params)
+        with contextlib.ExitStack() as stack:
+            file = stack.enter_context(open(fp, "wb")) if isinstance(fp, (str, os.PathLike)) else fp
+            file.write(data.getvalue()[: len(data.getvalue()) // 2])
+            file.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", save)
+
+
+EVERY_IMAGE, THE_GRID = (lambda image: True), (lambda image: image.width > 256)
+FULL_DISK = [
+    pytest.param(["generate", "a circle", "-n", "red", "--steps", "1"], EVERY_IMAGE, id="generate"),
+    pytest.param(["generate", "a circle", "-n", "red", "--steps", "1", "--grid"], THE_GRID, id="generate --grid"),
+    pytest.param(["generate", "--prompts", PROMPTS, "-n", "red", "--steps", "1"], EVERY_IMAGE, id="batch"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "fails"), FULL_DISK)
+def test_a_full_disk_is_one_error_line_and_leaves_no_partial_file(tmp_path, monkeypatch, arguments, fails):
+    prompts, out = tmp_path / "prompts.txt", tmp_path / "out"
+    prompts.write_text("a circle\n")
+    _on_a_full_disk(monkeypatch, fails)
+    result = runner.invoke(app, [part.replace(PROMPTS, str(prompts)) for part in arguments] + ["--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, (result.output, result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {out}/"), result.output
+    assert "No space left on device" in errors[0], errors
+    written = sorted(p.name for p in out.rglob("*"))
+    for name in written:
+        assert not name.endswith(".tmp"), written
+        if name.endswith(".png"):
+            assert Image.open(out / name).verify() is None, f"{name} is partial"

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nag_guidance.files import write_text_atomically
+
 MANIFEST = "manifest.jsonl"
 
 
@@ -172,7 +174,7 @@ def merge_manifests(out: Path, warn: bool = True) -> Path:
             records.setdefault(record["key"], record)
     merged = out / MANIFEST
     ordered = sorted(records.values(), key=lambda r: r["index"])
-    merged.write_text("".join(json.dumps(r, default=str) + "\n" for r in ordered), encoding="utf-8")
+    write_text_atomically(merged, "".join(json.dumps(r, default=str) + "\n" for r in ordered))  # never half of it
     return merged
 
 

@@ -7,6 +7,7 @@ and exit with status 2, never a traceback wall; arguments are checked before the
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nag_guidance import __version__
+from nag_guidance.files import save_png, write_text_atomically
 
 app = typer.Typer(
     help="Normalized Attention Guidance (NAG) for diffusers pipelines.",
@@ -64,7 +66,7 @@ def quiet_model_loading() -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Errors a user can fix, as one line: bad values, unloadable models, not enough memory."""
+    """Errors a user can fix, as one line: bad values, unloadable models, not enough memory or disk space."""
     import torch
 
     from nag_guidance import generation
@@ -76,6 +78,11 @@ def user_errors() -> Iterator[None]:
         raise
     except (ValueError, generation.ModelLoadError) as error:
         fail(str(error))
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        fail(f"cannot write {error.filename or 'the output'}: {error.strerror or 'the disk is full'} (nothing partial "
+             "was left under that name); free some space or choose another --out")  # fmt: skip
     except (*out_of_memory, RuntimeError) as error:
         text = str(error)
         if not isinstance(error, out_of_memory) and "allocate memory" not in text:
@@ -213,14 +220,16 @@ def generate(
                 results[name] = generation.run(loaded, request, name, progress=update)
                 bar.update(task, completed=bar.tasks[task].total)
     written = []
+    with user_errors():
+        for result in results.values():
+            written += generation.save(result, out)
+        if grid:
+            columns = {"stock": results["stock"].images, "CFG": results["cfg"].images, "NAG": results["nag"].images}
+            save_png(generation.grid(columns), out / "grid.png")
+            written.append(out / "grid.png")
     for result in results.values():
-        written += generation.save(result, out)
         if result.report is not None:
             console.print(f"[dim]{result.report}[/]", soft_wrap=True)
-    if grid:
-        columns = {"stock": results["stock"].images, "CFG": results["cfg"].images, "NAG": results["nag"].images}
-        generation.grid(columns).save(out / "grid.png")
-        written.append(out / "grid.png")
     console.print(f"wrote {len(written)} file(s) to {out}/")
 
 
@@ -331,20 +340,21 @@ def evaluate(
 
     if not process_state(device).is_main_process:
         return  # under torchrun / accelerate launch the main process writes the tables and the page
-    records = runner.with_suppression(records)
-    report.write_tables(records, out)
-    figures_dir = docs if docs is not None else out
-    prefix = "" if embedded == "tiny" else f"{embedded}-"  # both models' pages can live in one docs folder
-    figures = {"suppression vs fidelity": f"{prefix}eval-suppression-fidelity.png"}
-    report.plot(records, figures_dir / figures["suppression vs fidelity"])
-    for unet, steps in sorted({(r["condition"]["unet"], r["condition"]["steps"]) for r in records}):
-        name = f"{prefix}eval-grid-{unet}-{steps}.png"
-        report.image_grid(records, out / "samples", figures_dir / name, unet, steps, kind_list[0])
-        figures[f"{kind_list[0]}: {unet}, {steps} steps"] = name
-    page = report.markdown(records, _command_line(ctx), figures)
-    (out / "results.md").write_text(page, encoding="utf-8")
-    if docs is not None:
-        (docs / f"{prefix}results.md").write_text(page, encoding="utf-8")
+    with user_errors():  # a full disk while writing the pages is one line too
+        records = runner.with_suppression(records)
+        report.write_tables(records, out)
+        figures_dir = docs if docs is not None else out
+        prefix = "" if embedded == "tiny" else f"{embedded}-"  # both models' pages can live in one docs folder
+        figures = {"suppression vs fidelity": f"{prefix}eval-suppression-fidelity.png"}
+        report.plot(records, figures_dir / figures["suppression vs fidelity"])
+        for unet, steps in sorted({(r["condition"]["unet"], r["condition"]["steps"]) for r in records}):
+            name = f"{prefix}eval-grid-{unet}-{steps}.png"
+            report.image_grid(records, out / "samples", figures_dir / name, unet, steps, kind_list[0])
+            figures[f"{kind_list[0]}: {unet}, {steps} steps"] = name
+        page = report.markdown(records, _command_line(ctx), figures)
+        write_text_atomically(out / "results.md", page)
+        if docs is not None:
+            write_text_atomically(docs / f"{prefix}results.md", page)
     console.print(f"{len(records)} condition(s) measured; tables in {out}/results.csv and results.md")
 
 
@@ -391,9 +401,9 @@ def bench(
             generation.check_output_folder(docs, "--docs")
         page = bench_run.run(out, quick=quick, device=device, families=chosen, realistic=realistic and not quick,
                              full_size=full_size, command=command, log=console.print)  # fmt: skip
-    if docs is not None:
-        docs.mkdir(parents=True, exist_ok=True)
-        (docs / "benchmarks.md").write_text(page, encoding="utf-8")
+        if docs is not None:
+            docs.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(docs / "benchmarks.md", page)
     console.print(f"wrote {out}/benchmarks.json and benchmarks.md")
 
 

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, PngImagePlugin
 
 from nag_guidance import __version__
 from nag_guidance.config import NAGConfig, Preset, get_preset
+from nag_guidance.files import save_png
 
 EMBEDDED = "embedded"
 EMBEDDED_MODELS = {EMBEDDED: "tiny", "tiny": "tiny", "tiny-flux": "tiny-flux"}
@@ -383,23 +384,17 @@ def png_info(metadata: dict[str, Any]) -> PngImagePlugin.PngInfo:
 
 def save(result: Result, folder: Path, prefix: str = "", overwrite: bool = True) -> list[Path]:
     """Write ``{prefix}{method}-{seed}.png`` files with their metadata; returns the paths. With
-    ``overwrite=False`` an existing file is never replaced: the new one gets a ``-1``, ``-2``... suffix."""
+    ``overwrite=False`` an existing file is never replaced: the new one gets a ``-1``, ``-2``... suffix. Each
+    file is whole or absent: a full disk raises ``OSError`` and leaves no partial PNG (``files``)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for image, metadata in zip(result.images, result.metadata, strict=True):
         stem = f"{prefix}{result.method}-{metadata['seed']:05d}"
-        if overwrite:
-            path = folder / f"{stem}.png"
-            image.save(path, pnginfo=png_info(metadata))
-        else:
-            for number in itertools.count():
-                path = folder / f"{stem}{f'-{number}' if number else ''}.png"
-                try:
-                    file = path.open("xb")  # atomic: two writers never get the same name
-                except FileExistsError:
-                    continue
-                with file:
-                    image.save(file, format="PNG", pnginfo=png_info(metadata))
+        info = png_info(metadata)
+        names = [f"{stem}.png"] if overwrite else (f"{stem}{f'-{n}' if n else ''}.png" for n in itertools.count())
+        for name in names:
+            path = folder / name
+            if save_png(image, path, info, replace=overwrite):
                 break
         paths.append(path)
     return paths

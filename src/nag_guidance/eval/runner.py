@@ -24,6 +24,7 @@ from nag_guidance.eval.suite import (
     flux_conditions,
     pairs,
 )
+from nag_guidance.files import save_png
 from nag_guidance.tiny import data
 
 SAMPLE_SEEDS = 8  # images kept per item (first pair) for the grids
@@ -204,7 +205,7 @@ def run(
         result, images = evaluator.measure(condition, item.payload["kind"], suite, item.payload["seeds"])
         strip = np.concatenate(list(images[:SAMPLE_SEEDS]), axis=1)
         sample = out / "samples" / f"{item.key}.png"  # by key: indices shift when the suite changes
-        Image.fromarray(strip).save(sample)
+        save_png(Image.fromarray(strip), sample)
         return {"condition": item.payload["condition"], "result": result, "sample": sample.name,
                 "pair": {"prompt": suite[0].prompt, "negative": suite[0].negative}}  # fmt: skip
 
