@@ -10,6 +10,7 @@ import errno
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -111,7 +112,14 @@ BAD_SELECTIONS = [
     case(["eval", "--kinds", "colour,colur", "--out", OUT], "unknown kinds ['colur']", kind="selection"),
 ]  # fmt: skip
 
-CASES = [*BAD_FLOATS, *BAD_INTS, *BAD_PATHS, *BAD_DEVICES, *BAD_TEXT, *BAD_SELECTIONS]
+BAD_ADDRESSES = [
+    *(case(["ui", "--host", h, "--out", OUT], f"--host {h!r} is not an address", kind="address")
+      for h in ("0.0.0.0.0", "999.1.1.1", "", "exa mple", "nosuchhost.invalid")),
+    case(["ui", "--host", "192.0.2.1", "--out", OUT], "--host '192.0.2.1' is not an address of this machine",
+         kind="address"),  # TEST-NET-1: routable nowhere, so never a local address
+]  # fmt: skip
+
+CASES = [*BAD_FLOATS, *BAD_INTS, *BAD_PATHS, *BAD_DEVICES, *BAD_TEXT, *BAD_SELECTIONS, *BAD_ADDRESSES]
 
 
 @pytest.fixture
@@ -306,3 +314,13 @@ def test_a_full_disk_is_one_error_line_and_leaves_no_partial_file(tmp_path, monk
         assert not name.endswith(".tmp"), written
         if name.endswith(".png"):
             assert Image.open(out / name).verify() is None, f"{name} is partial"
+
+
+def test_a_port_in_use_is_one_clear_line(places):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["ui", "--port", str(port), "--out", places[OUT]])
+    assert result.exit_code == 2 and "Traceback" not in result.output, (result.output, result.exception)
+    assert result.output.strip() == f"error: --port {port} is in use on 127.0.0.1: choose another --port"

@@ -262,13 +262,14 @@ def ui(
     try:
         import gradio  # noqa: F401
 
-        from nag_guidance.ui import launch
+        from nag_guidance.ui import check_address, launch
     except ImportError:
         fail('the web page needs Gradio: pip install "nag-guidance[ui]"')
 
     with user_errors():
         generation.check_device(device)
         generation.check_output_folder(out)
+        check_address(host, port)
     if host not in ("127.0.0.1", "localhost"):
         console.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this machine can use the page")
     quiet_model_loading()

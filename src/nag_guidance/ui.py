@@ -8,8 +8,10 @@ included); no request can choose a path.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import socket
 import threading
 import time
 import uuid
@@ -177,6 +179,24 @@ def build(
     return app
 
 
+def check_address(host: str, port: int) -> None:
+    """A ``ValueError`` that says why, unless the page can listen on ``host``:``port``: checked before any model
+    loads, since Gradio's own failure comes after it, as a traceback that blames the port whatever is wrong."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as error:  # socket.gaierror is an OSError
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ValueError(f"--host {host!r} is not an address or a name this machine resolves ({reason})") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ValueError(f"--port {port} is in use on {host}: choose another --port") from None
+            raise ValueError(f"--host {host!r} is not an address of this machine ({error.strerror})") from None
+
+
 def launch(
     models: list[str] | None = None,
     out: Path = Path("out/ui"),
@@ -187,6 +207,7 @@ def launch(
     block: bool = True,
     dtype: str = "float32",
 ):
+    check_address(host, port)
     app = build(models, out, device, queue_size, dtype)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True)
     return app
