@@ -108,6 +108,27 @@ def _number(name: str, value: Any) -> float:
     return value
 
 
+PARAMETERS = ("prompt", "negative", "name", "steps", "seed", "scale", "tau", "alpha", "end", "cfg_scale")
+"""The page's inputs, in ``Generator.__call__``'s order."""
+
+
+def _preprocess(components: list, payloads: tuple) -> list:
+    """The page's raw values, type-checked, then preprocessed as Gradio would (bounds, choices). Gradio's own
+    preprocessing is off for the call: it turns any JSON into text with ``str()``, so an API client's object ran as
+    a prompt."""
+    import gradio as gr
+
+    values = []
+    for name, component, payload in zip(PARAMETERS, components, payloads, strict=True):
+        if payload is not None:
+            if isinstance(component, (gr.Textbox, gr.Dropdown)) and not isinstance(payload, str):
+                raise ValueError(f"The {component.label.lower()} must be text.")
+            if isinstance(component, (gr.Slider, gr.Number)):
+                _number(name, payload)
+        values.append(component.preprocess(payload))
+    return values
+
+
 def _for_display(image, size: int = 256):
     """Small images (the embedded model makes 32×32) shown enlarged with visible pixels; the saved PNGs keep
     their size."""
@@ -135,9 +156,9 @@ def build(
     make = Generator(models, out, device, dtype)
     defaults = make.defaults(models[0])
 
-    def run(*values):
+    def run(*payloads):
         try:
-            return make(*values)
+            return make(*_preprocess(inputs, payloads))
         except ValueError as error:
             raise gr.Error(str(error)) from None
 
@@ -152,7 +173,7 @@ def build(
         with gr.Row():
             name = gr.Dropdown(models, value=models[0], label="Model", elem_id="model")
             steps = gr.Slider(1, 50, value=defaults["steps"], step=1, label="Steps", info=HELP["steps"])
-            seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+            seed = gr.Number(value=0, label="Seed", minimum=0)  # no precision: 1.5 is refused, not rounded
         with gr.Row():
             scale = gr.Slider(1, 20, value=defaults["scale"], step=0.5, label="NAG scale s", info=HELP["scale"])
             tau = gr.Slider(0.5, 20, value=defaults["tau"], step=0.5, label="NAG τ (tau)", info=HELP["tau"])
@@ -168,7 +189,7 @@ def build(
             ]
         report = gr.Markdown(elem_id="report")
         inputs = [prompt, negative, name, steps, seed, scale, tau, alpha, end, cfg_scale]
-        button.click(run, inputs=inputs, outputs=[*images, report], concurrency_limit=1)
+        button.click(run, inputs=inputs, outputs=[*images, report], concurrency_limit=1, preprocess=False)
 
         def on_model(selected):
             values = make.defaults(selected)
