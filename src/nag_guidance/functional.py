@@ -24,7 +24,7 @@ import torch
 
 DEFAULT_EPS = 1e-6
 """Floor on ‖Z+‖₁ so that zero-norm tokens give finite ratios (the authors' SDXL code gives NaN there)."""
-_FP32_MAX = torch.finfo(torch.float32).max
+_FP16_MAX = torch.finfo(torch.float16).max
 
 
 def _check(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: float, alpha: float) -> None:
@@ -77,11 +77,9 @@ def normalized_attention_guidance(
     tilde = scale * pos - (scale - 1.0) * z_neg.float()
     ratio = guidance_ratio(pos, tilde, eps)
     clip = _clip_factor(ratio, tau)
-    out = alpha * clip * tilde + (1.0 - alpha) * pos
-    limit = torch.finfo(z_pos.dtype).max
-    if limit < _FP32_MAX:  # fp16 (and bf16, where it changes nothing finite): saturate rather than cast to inf
-        out = out.clamp_(-limit, limit)
-    out = out.to(z_pos.dtype)
+    out = (alpha * clip * tilde + (1.0 - alpha) * pos).to(z_pos.dtype)
+    if z_pos.dtype == torch.float16:  # fp16 ends at 65504 (bf16 spans fp32): saturate, not inf
+        out.clamp_(-_FP16_MAX, _FP16_MAX)
     return (out, ratio) if return_ratio else out
 
 
