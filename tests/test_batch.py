@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -86,6 +87,82 @@ def test_a_truncated_manifest_line_is_redone(tmp_path):
     work, calls = writer(tmp_path)
     batch.run_items(fake_items(2), tmp_path, work)
     assert calls == [1]
+
+
+WRONG_SHAPES = [
+    pytest.param('{"index": 99}', id="no key"),
+    pytest.param("[1, 2, 3]", id="a list"),
+    pytest.param("42", id="a number"),
+    pytest.param('"a string"', id="a string"),
+    pytest.param("null", id="null"),
+    pytest.param('{"index": "1", "key": "0123456789abcdef"}', id="a string index"),
+    pytest.param('{"index": true, "key": "0123456789abcdef"}', id="a bool index"),
+    pytest.param('{"index": 1, "key": ["0123456789abcdef"]}', id="a list key"),
+]
+
+
+@pytest.mark.parametrize("name", ["manifest-rank0.jsonl", batch.MANIFEST])
+@pytest.mark.parametrize("line", WRONG_SHAPES)
+def test_a_wrong_shaped_manifest_line_is_skipped_with_a_warning(tmp_path, line, name):
+    work, _ = writer(tmp_path)
+    batch.run_items(fake_items(3), tmp_path, work)
+    path = tmp_path / name
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")  # valid JSON, but not a record: line 2
+    work, calls = writer(tmp_path)
+    with pytest.warns(batch.ManifestWarning, match=rf"{name}, line 2: not a record"):
+        summary = batch.run_items(fake_items(4), tmp_path, work)
+    assert calls == [3] and summary["already_done"] == 3  # the rest resumes
+    assert [r["index"] for r in manifest(tmp_path)] == [0, 1, 2, 3]
+    assert [r["index"] for r in batch.read_manifest(tmp_path)] == [0, 1, 2, 3]
+
+
+def test_a_line_appended_after_a_cut_one_is_kept(tmp_path):
+    work, _ = writer(tmp_path)
+    batch.run_items(fake_items(2), tmp_path, work)
+    rank = tmp_path / "manifest-rank0.jsonl"
+    rank.write_text(rank.read_text().splitlines()[0] + "\n" + '{"index": 1, "ke')  # cut, no newline
+    (tmp_path / batch.MANIFEST).unlink()
+    batch.run_items(fake_items(2), tmp_path, writer(tmp_path)[0])
+    work, calls = writer(tmp_path)
+    batch.run_items(fake_items(2), tmp_path, work)
+    assert calls == [] and [r["index"] for r in manifest(tmp_path)] == [0, 1]  # before: item 1 glued to the cut
+
+
+class FullDisk:
+    """A file that takes half of each write, then reports a full disk."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+
+    def write(self, data):
+        self.file.write(data[: len(data) // 2])
+        self.file.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+def test_a_full_disk_while_merging_keeps_the_merged_manifest_whole(tmp_path, monkeypatch):
+    work, _ = writer(tmp_path)
+    batch.run_items(fake_items(3), tmp_path, work)
+    before = (tmp_path / batch.MANIFEST).read_text()
+    real_open = Path.open
+
+    def open_on_a_full_disk(self, mode="r", *args, **kwargs):
+        file = real_open(self, mode, *args, **kwargs)
+        return FullDisk(file) if set(mode) & set("wxa") else file
+
+    monkeypatch.setattr(Path, "open", open_on_a_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        batch.merge_manifests(tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / batch.MANIFEST).read_text() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def _records_point_at_their_own_pngs(out: Path) -> list[dict]:

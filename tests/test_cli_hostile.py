@@ -1,21 +1,28 @@
 """Hostile input to the `nag` command, class by class (bad floats, bad ints, bad paths, bad devices, bad text,
-byte-order marks): each is refused with one clear line (or click's own usage error), exit status 2, no
-traceback, and before any model is loaded — the table's runs replace ``generation.load`` with a tripwire."""
+empty selections, byte-order marks): each is refused with one clear line (or click's own usage error), exit status
+2, no traceback, and before any model is loaded — the table's runs replace ``generation.load`` and the evaluator
+with tripwires."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 import typer
+from PIL import Image
 from typer.testing import CliRunner
 
 from nag_guidance import batch, generation
 from nag_guidance.cli import app
+from nag_guidance.eval import runner as runner_module
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -99,7 +106,20 @@ BAD_TEXT = [
     case(["generate", "a circle", "-n", "red", "--method", "\udcff", "--out", OUT], "is unknown", kind="text"),
 ]
 
-CASES = [*BAD_FLOATS, *BAD_INTS, *BAD_PATHS, *BAD_DEVICES, *BAD_TEXT]
+BAD_SELECTIONS = [
+    *(case(["eval", "--quick", "--kinds", k, "--out", OUT], "no kind selected", kind="selection")
+      for k in (",", "", " , ,")),
+    case(["eval", "--kinds", "colour,colur", "--out", OUT], "unknown kinds ['colur']", kind="selection"),
+]  # fmt: skip
+
+BAD_ADDRESSES = [
+    *(case(["ui", "--host", h, "--out", OUT], f"--host {h!r} is not an address", kind="address")
+      for h in ("0.0.0.0.0", "999.1.1.1", "", "exa mple", "nosuchhost.invalid")),
+    case(["ui", "--host", "192.0.2.1", "--out", OUT], "--host '192.0.2.1' is not an address of this machine",
+         kind="address"),  # TEST-NET-1: routable nowhere, so never a local address
+]  # fmt: skip
+
+CASES = [*BAD_FLOATS, *BAD_INTS, *BAD_PATHS, *BAD_DEVICES, *BAD_TEXT, *BAD_SELECTIONS, *BAD_ADDRESSES]
 
 
 @pytest.fixture
@@ -108,6 +128,7 @@ def places(tmp_path, monkeypatch):
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(generation, "load", tripwire)
+    monkeypatch.setattr(runner_module, "Evaluator", tripwire)  # `nag eval` loads its models there
     (tmp_path / "out").mkdir()  # an existing folder is a good --out, and a bad --prompts
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "prompts.txt").write_text("a circle\n")
@@ -234,3 +255,72 @@ def test_web_page_values(tmp_path, values, message):
                  "tau": 2.5, "alpha": 0.5, "end": 1.0, "cfg_scale": 5.0, **values}  # fmt: skip
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         ui.Generator(["embedded"], tmp_path)(**arguments)
+
+
+def test_a_wrong_shaped_manifest_line_is_one_warning_line_and_the_batch_resumes(tmp_path):
+    prompts, out = tmp_path / "prompts.txt", tmp_path / "out"
+    prompts.write_text("a circle\na square\n")
+    arguments = ["generate", "--prompts", str(prompts), "-n", "red", "--steps", "1", "--out", str(out)]
+    assert runner.invoke(app, arguments).exit_code == 0
+    rank = out / "manifest-rank0.jsonl"
+    rank.write_text('{"index": 99}\n' + rank.read_text())
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0].startswith(f"warning: {rank}, line 1: not a record (a JSON object with a text 'key'"), lines
+    assert lines[0].endswith("skipped, its item is redone if it is part of this run"), lines
+    assert "2 already done" in result.output and sum("warning" in line for line in lines) == 1, result.output
+
+
+def _on_a_full_disk(monkeypatch, fails=lambda image: True) -> None:
+    """PNG writes of the images ``fails`` picks put half of the file down, then report a full disk, as a write to a
+    full filesystem does."""
+    real_save = Image.Image.save
+
+    def save(self, fp, format=None, **params):
+        if not fails(self):
+            return real_save(self, fp, format=format, **params)
+        data = io.BytesIO()
+        real_save(self, data, format="PNG", **params)
+        with contextlib.ExitStack() as stack:
+            file = stack.enter_context(open(fp, "wb")) if isinstance(fp, (str, os.PathLike)) else fp
+            file.write(data.getvalue()[: len(data.getvalue()) // 2])
+            file.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", save)
+
+
+EVERY_IMAGE, THE_GRID = (lambda image: True), (lambda image: image.width > 256)
+FULL_DISK = [
+    pytest.param(["generate", "a circle", "-n", "red", "--steps", "1"], EVERY_IMAGE, id="generate"),
+    pytest.param(["generate", "a circle", "-n", "red", "--steps", "1", "--grid"], THE_GRID, id="generate --grid"),
+    pytest.param(["generate", "--prompts", PROMPTS, "-n", "red", "--steps", "1"], EVERY_IMAGE, id="batch"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "fails"), FULL_DISK)
+def test_a_full_disk_is_one_error_line_and_leaves_no_partial_file(tmp_path, monkeypatch, arguments, fails):
+    prompts, out = tmp_path / "prompts.txt", tmp_path / "out"
+    prompts.write_text("a circle\n")
+    _on_a_full_disk(monkeypatch, fails)
+    result = runner.invoke(app, [part.replace(PROMPTS, str(prompts)) for part in arguments] + ["--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, (result.output, result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {out}/"), result.output
+    assert "No space left on device" in errors[0], errors
+    written = sorted(p.name for p in out.rglob("*"))
+    for name in written:
+        assert not name.endswith(".tmp"), written
+        if name.endswith(".png"):
+            assert Image.open(out / name).verify() is None, f"{name} is partial"
+
+
+def test_a_port_in_use_is_one_clear_line(places):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["ui", "--port", str(port), "--out", places[OUT]])
+    assert result.exit_code == 2 and "Traceback" not in result.output, (result.output, result.exception)
+    assert result.output.strip() == f"error: --port {port} is in use on 127.0.0.1: choose another --port"

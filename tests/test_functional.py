@@ -206,3 +206,27 @@ def test_compiles_without_graph_breaks():
     expected, expected_ratio = normalized_attention_guidance(z_pos, z_neg, 5.0, 2.5, 0.25, return_ratio=True)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ratio, expected_ratio, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_fp16_beyond_its_range_saturates_instead_of_overflowing(inplace):
+    """s = 1000, τ = ∞ on |z| ≈ 100 extrapolates to ~1e5, past fp16's 65504: the result saturates there (what the
+    fp32 computation gives, rounded to the nearest finite fp16) instead of turning inf, and NaN a layer later."""
+    g = torch.Generator().manual_seed(0)
+    z_pos, z_neg = ((100 * torch.randn(2, 16, 64, generator=g)).half() for _ in range(2))
+    fn = normalized_attention_guidance_ if inplace else normalized_attention_guidance
+    out = fn(z_pos.clone(), z_neg, 1000.0, math.inf, 0.5)
+    limit = torch.finfo(torch.float16).max
+    assert torch.isfinite(out).all() and (out.abs() == limit).any()
+    exact = 0.5 * (1000.0 * z_pos.float() - 999.0 * z_neg.float()) + 0.5 * z_pos.float()
+    assert torch.equal(out, exact.clamp(-limit, limit).half())
+
+
+def test_compiles_without_graph_breaks_in_fp16():
+    torch._dynamo.reset()
+
+    def guide(a, b):
+        return normalized_attention_guidance(a, b, 1000.0, math.inf, 0.5)
+
+    z_pos, z_neg = (100 * torch.randn(2, 16, 32)).half(), (100 * torch.randn(2, 16, 32)).half()
+    torch.testing.assert_close(torch.compile(guide, fullgraph=True)(z_pos, z_neg), guide(z_pos, z_neg))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from nag_guidance import generation
 
@@ -73,3 +73,36 @@ def test_save_without_overwrite_never_replaces(tmp_path):
     assert [generation.read_metadata(p)["colour"] for p in paths] == ["red", "blue", "red"]
     generation.save(result("green"), tmp_path, prefix="same-")  # the default replaces: the CLI's rerun
     assert generation.read_metadata(paths[0])["colour"] == "green"
+
+
+def _png(path: Path, **chunks: str) -> Path:
+    info = PngImagePlugin.PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value, zip=len(value) > 1000)
+    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+    return path
+
+
+FOREIGN = [
+    pytest.param({}, "no 'parameters' text chunk", id="no chunk"),
+    pytest.param({"parameters": "a cat, Negative prompt: dog, Steps: 20"}, "is not JSON", id="another tool's text"),
+    pytest.param({"parameters": "[1, 2, 3]"}, "JSON list, not an object", id="a list"),
+    pytest.param({"parameters": "42"}, "JSON int, not an object", id="a number"),
+    pytest.param({"parameters": "null"}, "JSON NoneType, not an object", id="null"),
+    pytest.param({"parameters": "[" * 100_000 + "]" * 100_000}, "is not JSON", id="deep nesting"),
+]
+
+
+@pytest.mark.parametrize(("chunks", "message"), FOREIGN)
+def test_read_metadata_of_a_png_not_written_here_says_why(tmp_path, chunks, message):
+    path = _png(tmp_path / "foreign.png", **chunks)
+    with pytest.raises(generation.MetadataError, match=message) as info:
+        generation.read_metadata(path)
+    assert isinstance(info.value, ValueError) and str(path) in str(info.value)
+
+
+def test_read_metadata_of_a_file_that_is_not_an_image(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not an image")
+    with pytest.raises(generation.MetadataError, match="is not a readable PNG"):
+        generation.read_metadata(path)

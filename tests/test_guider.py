@@ -255,3 +255,41 @@ def test_refusals():
     guider.set_state(step=0, num_inference_steps=STEPS, timestep=torch.tensor(999))
     with pytest.raises(ValueError, match="no NAG family known for a Linear: pass family="):
         guider.prepare_models(torch.nn.Linear(2, 2))
+
+
+NAN, INF = float("nan"), float("inf")
+BAD_CFG = [
+    *(pytest.param({"guidance_scale": v}, ValueError, f"guidance_scale={v}", id=f"guidance_scale={v}")
+      for v in (NAN, INF, -1.0)),
+    *(pytest.param({"guidance_rescale": v}, ValueError, f"guidance_rescale={v}", id=f"guidance_rescale={v}")
+      for v in (NAN, 5.0, -0.5)),
+    pytest.param({"guidance_scale": "5"}, ValueError, "expected a real number", id="guidance_scale as text"),
+    pytest.param({"guidance_rescale": True}, ValueError, "expected a real number", id="guidance_rescale=True"),
+    pytest.param({"base": "not a guider"}, TypeError, "base='not a guider'", id="base as text"),
+    pytest.param({"base": ClassifierFreeGuidance}, TypeError, "base=", id="base as a class"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("arguments", "error", "message"), BAD_CFG)
+def test_cfg_parameters_are_checked(arguments, error, message):
+    with pytest.raises(error, match=message):
+        NormalizedAttentionGuidance(**arguments)
+    with pytest.raises(error, match=message):
+        NormalizedAttentionGuidance().new(**arguments)
+
+
+@pytest.mark.parametrize("name", ["guidance_scale", "guidance_rescale", "nag_scale", "nag_tau", "start"])
+def test_a_nan_in_a_saved_config_is_refused(tmp_path, name):
+    import json
+
+    NormalizedAttentionGuidance(guidance_scale=5.0).save_pretrained(tmp_path)
+    path = tmp_path / "guider_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), name: NAN}))  # json writes NaN, and reads it
+    with pytest.raises(ValueError, match="nan"):
+        NormalizedAttentionGuidance.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("pipe", [object(), image.make_sd()], ids=["an object", "a StableDiffusionPipeline"])
+def test_encode_negative_needs_a_modular_pipeline(pipe):
+    with pytest.raises(ValueError, match="no 'text_encoder' block: use set_negative"):
+        NormalizedAttentionGuidance().encode_negative(pipe, NEGATIVE)

@@ -119,6 +119,13 @@ def _call(url: str, data_json: str) -> str:
         (3, '"4"', ""),
         (4, "1e300", "seed="),
         (4, "-1", ""),
+        (4, "1.5", "seed=1.5"),  # Gradio's number field rounded it to 2
+        (4, "true", "seed=True"),
+        (0, '{"text": "a circle"}', "The prompt must be text"),  # Gradio's text box ran it as its str()
+        (0, '["a circle"]', "The prompt must be text"),
+        (0, "5", "The prompt must be text"),
+        (1, '{"text": "red"}', "The negative prompt must be text"),
+        (2, '{"name": "embedded"}', "The model must be text"),
     ],
 )
 def test_page_json_refuses_nonsense_with_a_clear_message(server, position, value, message):

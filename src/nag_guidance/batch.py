@@ -5,7 +5,9 @@
 in a single process. Each process appends one JSON line per finished item to its own manifest
 (``manifest-rank{r}.jsonl``) right after writing the item's images, so a crashed run resumes where it stopped:
 finished items (same key: index, prompt and settings) are skipped, and the remaining ones are split again. At
-the end the main process merges the manifests into ``manifest.jsonl``, ordered by item.
+the end the main process merges the manifests into ``manifest.jsonl``, ordered by item. A line that is not a record
+(cut by a crash, or valid JSON of another shape) never blocks a resume: it is skipped, with a ``ManifestWarning``
+naming the file and line when it is not a cut one.
 """
 
 from __future__ import annotations
@@ -14,12 +16,19 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nag_guidance.files import write_text_atomically
+
 MANIFEST = "manifest.jsonl"
+
+
+class ManifestWarning(UserWarning):
+    """A manifest line of valid JSON that is not a record (hand-edited, or written by another tool): skipped."""
 
 
 @dataclass(frozen=True)
@@ -56,24 +65,53 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def read_records(path: Path, warn: bool = True) -> Iterator[dict[str, Any]]:
+    """The records of one manifest file: JSON objects with a text ``key`` and a whole ``index``. A line cut by a
+    crash is skipped quietly (its item is simply redone); any other line that is not a record is skipped with a
+    ``ManifestWarning`` (``warn=False``: quietly), so that one bad edit never makes every resume fail."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        except RecursionError:  # absurdly deep nesting
+            record = None
+        if _is_record(record):
+            yield record
+        elif warn:
+            warnings.warn(
+                f"{path}, line {number}: not a record (a JSON object with a text 'key' and a whole 'index'); "
+                "skipped, its item is redone if it is part of this run",
+                ManifestWarning,
+                stacklevel=2,  # where the records are read
+            )
+
+
+def _is_record(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("key"), str) and type(value.get("index")) is int
+
+
 def read_manifest(out: Path, keys: set[str] | None = None) -> list[dict[str, Any]]:
     """The merged manifest's records, only those of ``keys`` when given: a reused output folder may also hold
     records of other runs."""
-    lines = (out / MANIFEST).read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
-    return [r for r in records if keys is None or r["key"] in keys]
+    return [r for r in read_records(out / MANIFEST) if keys is None or r["key"] in keys]
 
 
-def finished_keys(out: Path) -> set[str]:
+def finished_keys(out: Path, warn: bool = True) -> set[str]:
     """Keys of the items some process already finished (every rank's manifest, and the merged one)."""
-    keys: set[str] = set()
-    for path in sorted(out.glob("manifest*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                keys.add(json.loads(line)["key"])
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a crash: that item is simply redone
-    return keys
+    return {record["key"] for path in sorted(out.glob("manifest*.jsonl")) for record in read_records(path, warn)}
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether a crash cut the file's last line (a record appended to it would be glued to it, and lost)."""
+    with path.open("rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return False
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) != b"\n"
 
 
 def process_state(device: str = "cpu"):
@@ -97,13 +135,15 @@ def run_items(
     """
     state = process_state(device)
     out.mkdir(parents=True, exist_ok=True)
-    done = finished_keys(out)
+    done = finished_keys(out, warn=state.is_main_process)  # one warning per bad line, not one per process
     todo = [item for item in items if item.key not in done]
     state.wait_for_everyone()  # every process has read the manifests before any writes to them
     started = time.perf_counter()
     manifest = out / f"manifest-rank{state.process_index}.jsonl"
     ran = 0
     with state.split_between_processes(todo) as mine, manifest.open("a", encoding="utf-8") as log:
+        if _ends_mid_line(manifest):
+            log.write("\n")
         for count, item in enumerate(mine, start=1):
             record = {"index": item.index, "key": item.key, "rank": state.process_index, **work(item)}
             log.write(json.dumps(record, default=str) + "\n")
@@ -114,7 +154,7 @@ def run_items(
                 progress(count, len(mine))
     state.wait_for_everyone()
     if state.is_main_process:
-        merge_manifests(out)
+        merge_manifests(out, warn=False)  # finished_keys warned already
     state.wait_for_everyone()
     return {
         "items": len(items),
@@ -126,19 +166,15 @@ def run_items(
     }
 
 
-def merge_manifests(out: Path) -> Path:
+def merge_manifests(out: Path, warn: bool = True) -> Path:
     """Merge every rank's manifest into ``manifest.jsonl`` (one line per item, ordered by index)."""
     records: dict[str, dict[str, Any]] = {}
     for path in sorted(out.glob("manifest*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for record in read_records(path, warn):
             records.setdefault(record["key"], record)
     merged = out / MANIFEST
     ordered = sorted(records.values(), key=lambda r: r["index"])
-    merged.write_text("".join(json.dumps(r, default=str) + "\n" for r in ordered), encoding="utf-8")
+    write_text_atomically(merged, "".join(json.dumps(r, default=str) + "\n" for r in ordered))  # never half of it
     return merged
 
 

@@ -7,6 +7,7 @@ and exit with status 2, never a traceback wall; arguments are checked before the
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nag_guidance import __version__
+from nag_guidance.files import save_png, write_text_atomically
 
 app = typer.Typer(
     help="Normalized Attention Guidance (NAG) for diffusers pipelines.",
@@ -64,7 +66,7 @@ def quiet_model_loading() -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Errors a user can fix, as one line: bad values, unloadable models, not enough memory."""
+    """Errors a user can fix, as one line: bad values, unloadable models, not enough memory or disk space."""
     import torch
 
     from nag_guidance import generation
@@ -76,12 +78,38 @@ def user_errors() -> Iterator[None]:
         raise
     except (ValueError, generation.ModelLoadError) as error:
         fail(str(error))
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        fail(f"cannot write {error.filename or 'the output'}: {error.strerror or 'the disk is full'} (nothing partial "
+             "was left under that name); free some space or choose another --out")  # fmt: skip
     except (*out_of_memory, RuntimeError) as error:
         text = str(error)
         if not isinstance(error, out_of_memory) and "allocate memory" not in text:
             raise
         first = (text.strip().splitlines() or [type(error).__name__])[0]
         fail(f"out of memory ({first[:200]}): try fewer --num-images, a smaller size, or another --device")
+
+
+@contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """The package's own warnings (a skipped manifest line) as one ``warning:`` line each, not Python's form with
+    a source line; every other warning is shown as before."""
+    from rich.markup import escape
+
+    from nag_guidance.batch import ManifestWarning
+
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def show_ours(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, ManifestWarning):
+                console.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_ours
+        yield
 
 
 @app.callback()
@@ -192,14 +220,16 @@ def generate(
                 results[name] = generation.run(loaded, request, name, progress=update)
                 bar.update(task, completed=bar.tasks[task].total)
     written = []
+    with user_errors():
+        for result in results.values():
+            written += generation.save(result, out)
+        if grid:
+            columns = {"stock": results["stock"].images, "CFG": results["cfg"].images, "NAG": results["nag"].images}
+            save_png(generation.grid(columns), out / "grid.png")
+            written.append(out / "grid.png")
     for result in results.values():
-        written += generation.save(result, out)
         if result.report is not None:
             console.print(f"[dim]{result.report}[/]", soft_wrap=True)
-    if grid:
-        columns = {"stock": results["stock"].images, "CFG": results["cfg"].images, "NAG": results["nag"].images}
-        generation.grid(columns).save(out / "grid.png")
-        written.append(out / "grid.png")
     console.print(f"wrote {len(written)} file(s) to {out}/")
 
 
@@ -207,7 +237,7 @@ def _batch(prompts: Path, out: Path, model, method, settings: dict, device: str,
     from nag_guidance.batch import run_batch
 
     quiet_model_loading()
-    with user_errors():
+    with user_errors(), warnings_as_lines():
         summary = run_batch(prompts, out, model, method, settings, device=device, dtype=dtype, preset=preset)
     if summary["rank"] == 0:
         console.print(
@@ -232,13 +262,14 @@ def ui(
     try:
         import gradio  # noqa: F401
 
-        from nag_guidance.ui import launch
+        from nag_guidance.ui import check_address, launch
     except ImportError:
         fail('the web page needs Gradio: pip install "nag-guidance[ui]"')
 
     with user_errors():
         generation.check_device(device)
         generation.check_output_folder(out)
+        check_address(host, port)
     if host not in ("127.0.0.1", "localhost"):
         console.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this machine can use the page")
     quiet_model_loading()
@@ -275,7 +306,7 @@ def evaluate(
     your --model with local CLIP scores."""
     from nag_guidance import generation
     from nag_guidance.eval import report, runner
-    from nag_guidance.eval.suite import ALL_KINDS
+    from nag_guidance.eval.suite import ALL_KINDS, check_kinds
     from nag_guidance.tiny.loading import MODELS
 
     embedded = model or "tiny"
@@ -285,7 +316,12 @@ def evaluate(
             "evaluating your own model needs --model, --clip-model (a local CLIP folder) and --pairs; the embedded "
             "models need none of them: --model tiny or --model tiny-flux"
         )
+    if kinds is None:
+        kinds = "colour" if quick else ",".join(ALL_KINDS)
+    kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     with user_errors():
+        if not own_model:
+            check_kinds(kind_list)
         generation.check_device(device)
         generation.check_output_folder(out)
         if docs is not None:
@@ -295,9 +331,7 @@ def evaluate(
         _user_eval(model, clip_model, pairs, out, seeds, device, steps)
         return
 
-    kinds = kinds or ("colour" if quick else ",".join(ALL_KINDS))
-    kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
-    with user_errors(), _progress() as bar:
+    with user_errors(), warnings_as_lines(), _progress() as bar:
         task = bar.add_task("eval", total=None)
         records = runner.run(
             out, quick=quick, kinds=kind_list, seeds=seeds, device=device, model=embedded,
@@ -307,20 +341,21 @@ def evaluate(
 
     if not process_state(device).is_main_process:
         return  # under torchrun / accelerate launch the main process writes the tables and the page
-    records = runner.with_suppression(records)
-    report.write_tables(records, out)
-    figures_dir = docs if docs is not None else out
-    prefix = "" if embedded == "tiny" else f"{embedded}-"  # both models' pages can live in one docs folder
-    figures = {"suppression vs fidelity": f"{prefix}eval-suppression-fidelity.png"}
-    report.plot(records, figures_dir / figures["suppression vs fidelity"])
-    for unet, steps in sorted({(r["condition"]["unet"], r["condition"]["steps"]) for r in records}):
-        name = f"{prefix}eval-grid-{unet}-{steps}.png"
-        report.image_grid(records, out / "samples", figures_dir / name, unet, steps, kind_list[0])
-        figures[f"{kind_list[0]}: {unet}, {steps} steps"] = name
-    page = report.markdown(records, _command_line(ctx), figures)
-    (out / "results.md").write_text(page, encoding="utf-8")
-    if docs is not None:
-        (docs / f"{prefix}results.md").write_text(page, encoding="utf-8")
+    with user_errors():  # a full disk while writing the pages is one line too
+        records = runner.with_suppression(records)
+        report.write_tables(records, out)
+        figures_dir = docs if docs is not None else out
+        prefix = "" if embedded == "tiny" else f"{embedded}-"  # both models' pages can live in one docs folder
+        figures = {"suppression vs fidelity": f"{prefix}eval-suppression-fidelity.png"}
+        report.plot(records, figures_dir / figures["suppression vs fidelity"])
+        for unet, steps in sorted({(r["condition"]["unet"], r["condition"]["steps"]) for r in records}):
+            name = f"{prefix}eval-grid-{unet}-{steps}.png"
+            report.image_grid(records, out / "samples", figures_dir / name, unet, steps, kind_list[0])
+            figures[f"{kind_list[0]}: {unet}, {steps} steps"] = name
+        page = report.markdown(records, _command_line(ctx), figures)
+        write_text_atomically(out / "results.md", page)
+        if docs is not None:
+            write_text_atomically(docs / f"{prefix}results.md", page)
     console.print(f"{len(records)} condition(s) measured; tables in {out}/results.csv and results.md")
 
 
@@ -367,9 +402,9 @@ def bench(
             generation.check_output_folder(docs, "--docs")
         page = bench_run.run(out, quick=quick, device=device, families=chosen, realistic=realistic and not quick,
                              full_size=full_size, command=command, log=console.print)  # fmt: skip
-    if docs is not None:
-        docs.mkdir(parents=True, exist_ok=True)
-        (docs / "benchmarks.md").write_text(page, encoding="utf-8")
+        if docs is not None:
+            docs.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(docs / "benchmarks.md", page)
     console.print(f"wrote {out}/benchmarks.json and benchmarks.md")
 
 

@@ -24,6 +24,7 @@ import torch
 
 DEFAULT_EPS = 1e-6
 """Floor on ‖Z+‖₁ so that zero-norm tokens give finite ratios (the authors' SDXL code gives NaN there)."""
+_FP16_MAX = torch.finfo(torch.float16).max
 
 
 def _check(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: float, alpha: float) -> None:
@@ -64,7 +65,8 @@ def normalized_attention_guidance(
     """Guide the positive attention output ``z_pos`` away from ``z_neg``.
 
     The whole formula runs in fp32 and is cast back to ``z_pos.dtype``, so fp16/bf16 inputs lose
-    nothing to the extrapolation. With ``return_ratio=True`` the per-token ratio r (fp32, shape
+    nothing to the extrapolation; a result beyond fp16's range (±65504: τ = ∞ with a huge scale) saturates
+    there instead of becoming inf. With ``return_ratio=True`` the per-token ratio r (fp32, shape
     ``z_pos.shape[:-1] + (1,)``) is returned as well, for reporting; it is left on the device so
     callers can aggregate without a host sync. ``scale == 1`` returns ``z_pos`` itself.
     """
@@ -76,6 +78,8 @@ def normalized_attention_guidance(
     ratio = guidance_ratio(pos, tilde, eps)
     clip = _clip_factor(ratio, tau)
     out = (alpha * clip * tilde + (1.0 - alpha) * pos).to(z_pos.dtype)
+    if z_pos.dtype == torch.float16:  # fp16 ends at 65504 (bf16 spans fp32): saturate, not inf
+        out.clamp_(-_FP16_MAX, _FP16_MAX)
     return (out, ratio) if return_ratio else out
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image, ImageDraw, PngImagePlugin, UnidentifiedImageError
 
 from nag_guidance import __version__
 from nag_guidance.config import NAGConfig, Preset, get_preset
+from nag_guidance.files import save_png
 
 EMBEDDED = "embedded"
 EMBEDDED_MODELS = {EMBEDDED: "tiny", "tiny": "tiny", "tiny-flux": "tiny-flux"}
@@ -50,6 +51,10 @@ MAX_SEED = 2**63 - 1
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded (unknown id, no network and no cache, damaged files...)."""
+
+
+class MetadataError(ValueError):
+    """A file carries no parameters ``read_metadata`` can read (a PNG not written here, or not a PNG at all)."""
 
 
 @dataclass
@@ -383,32 +388,39 @@ def png_info(metadata: dict[str, Any]) -> PngImagePlugin.PngInfo:
 
 def save(result: Result, folder: Path, prefix: str = "", overwrite: bool = True) -> list[Path]:
     """Write ``{prefix}{method}-{seed}.png`` files with their metadata; returns the paths. With
-    ``overwrite=False`` an existing file is never replaced: the new one gets a ``-1``, ``-2``... suffix."""
+    ``overwrite=False`` an existing file is never replaced: the new one gets a ``-1``, ``-2``... suffix. Each
+    file is whole or absent: a full disk raises ``OSError`` and leaves no partial PNG (``files``)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for image, metadata in zip(result.images, result.metadata, strict=True):
         stem = f"{prefix}{result.method}-{metadata['seed']:05d}"
-        if overwrite:
-            path = folder / f"{stem}.png"
-            image.save(path, pnginfo=png_info(metadata))
-        else:
-            for number in itertools.count():
-                path = folder / f"{stem}{f'-{number}' if number else ''}.png"
-                try:
-                    file = path.open("xb")  # atomic: two writers never get the same name
-                except FileExistsError:
-                    continue
-                with file:
-                    image.save(file, format="PNG", pnginfo=png_info(metadata))
+        info = png_info(metadata)
+        names = [f"{stem}.png"] if overwrite else (f"{stem}{f'-{n}' if n else ''}.png" for n in itertools.count())
+        for name in names:
+            path = folder / name
+            if save_png(image, path, info, replace=overwrite):
                 break
         paths.append(path)
     return paths
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """The parameters a PNG written by ``save`` carries."""
-    with Image.open(path) as image:
-        return json.loads(image.text["parameters"])
+    """The parameters a PNG written by ``save`` carries. Any other file raises ``MetadataError`` saying why: not
+    a readable PNG, no "parameters" text chunk, or one that is not a JSON object (other tools write their own)."""
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get("parameters")  # only PNGs have text chunks
+    except (UnidentifiedImageError, SyntaxError, ValueError) as error:  # not an image; a broken or oversized chunk
+        raise MetadataError(f"{path} is not a readable PNG ({error})") from None
+    if text is None:
+        raise MetadataError(f"{path} carries no nag-guidance parameters (no 'parameters' text chunk)")
+    try:
+        parameters = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise MetadataError(f"{path}: its 'parameters' text chunk is not JSON (another tool's?)") from None
+    if not isinstance(parameters, dict):
+        raise MetadataError(f"{path}: its 'parameters' text chunk is JSON {type(parameters).__name__}, not an object")
+    return parameters
 
 
 def grid(columns: dict[str, Sequence[Image.Image]], cell: int = 256, label_height: int = 20) -> Image.Image:

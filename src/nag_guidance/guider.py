@@ -38,6 +38,7 @@ CFG, as in diffusers' guiders.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
 
-from nag_guidance.config import NAGConfig
+from nag_guidance.config import NAGConfig, _number
 from nag_guidance.integration.families import registered_families
 from nag_guidance.integration.family import Family
 from nag_guidance.integration.handle import NAGHandle, attach
@@ -66,14 +67,29 @@ named with ``family=`` (LTX is tested so). diffusers' Flux.1 modular pipeline ne
 run each pass inside ``cache_context(identifier)`` are guided when the identifier is "pred_cond", as in LTX."""
 
 
+def _checked_cfg(guidance_scale: Any, guidance_rescale: Any) -> tuple[float, float]:
+    """CFG's parameters as numbers in their ranges: diffusers' guiders take anything, and a NaN or a negative scale
+    would only show as a broken image (a saved config is checked the same way, ``from_config`` calls ``__init__``)."""
+    guidance_scale = _number("guidance_scale", guidance_scale)
+    if not (math.isfinite(guidance_scale) and guidance_scale >= 0.0):
+        raise ValueError(
+            f"guidance_scale={guidance_scale} is out of range: allowed is a finite number >= 0 (CFG runs above 1)"
+        )
+    guidance_rescale = _number("guidance_rescale", guidance_rescale)
+    if not 0.0 <= guidance_rescale <= 1.0:  # also rejects NaN; diffusers documents 0 (none) to 1 (full)
+        raise ValueError(f"guidance_rescale={guidance_rescale} is out of range: allowed is 0 <= guidance_rescale <= 1")
+    return guidance_scale, guidance_rescale
+
+
 class NormalizedAttentionGuidance(BaseGuidance):
     """NAG (optionally with CFG) as a guider component of a diffusers modular pipeline (see the module docstring).
 
     nag_scale, nag_tau, nag_alpha: as ``NAGConfig`` (scale 1 = NAG off). nag_start, nag_stop, nag_window: the NAG
-    window, as ``NAGConfig``'s start, end and window (all six, validated, are ``guider.nag``). guidance_scale,
-    guidance_rescale, start, stop: CFG, as in ``ClassifierFreeGuidance`` (CFG runs when ``guidance_scale > 1``).
+    window, as ``NAGConfig``'s start, end and window (all six, validated, are ``guider.nag``). guidance_scale
+    (finite, ≥ 0), guidance_rescale (0 to 1), start, stop: CFG, as in ``ClassifierFreeGuidance`` (CFG runs when
+    ``guidance_scale > 1``).
     family: the NAG family of the denoiser (see ``nag families``); None picks it from the denoiser's class
-    (``DENOISER_FAMILIES``). base: another diffusers guider whose passes and combination replace this one's CFG
+    (``DENOISER_FAMILIES``). base: another diffusers guider instance whose passes and combination replace this one's CFG
     (which must then keep its defaults); NAG guides its "pred_cond" pass.
     """
 
@@ -97,6 +113,7 @@ class NormalizedAttentionGuidance(BaseGuidance):
         enabled: bool = True,
         base: BaseGuidance | None = None,
     ) -> None:
+        guidance_scale, guidance_rescale = _checked_cfg(guidance_scale, guidance_rescale)
         super().__init__(start, stop, enabled)
         self.nag = NAGConfig(
             scale=nag_scale, tau=nag_tau, alpha=nag_alpha, start=nag_start, end=nag_stop, window=nag_window
@@ -129,7 +146,7 @@ class NormalizedAttentionGuidance(BaseGuidance):
         ``text_inputs`` are that block's other inputs (e.g. ``max_sequence_length``): give the values the
         generation uses. The block runs as in the generation, with this guider.
         """
-        if "text_encoder" not in getattr(pipe.blocks, "sub_blocks", {}):
+        if "text_encoder" not in (getattr(getattr(pipe, "blocks", None), "sub_blocks", None) or {}):  # or not modular
             raise ValueError(f"{type(pipe).__name__} has no 'text_encoder' block: use set_negative(embeds)")
         encoder = pipe.blocks.sub_blocks["text_encoder"].init_pipeline()
         components = {name: getattr(pipe, name) for name in encoder.component_names if name != "guider"}
@@ -154,6 +171,8 @@ class NormalizedAttentionGuidance(BaseGuidance):
         return guider
 
     def _set_base(self, base: BaseGuidance | None) -> None:
+        if base is not None and not isinstance(base, BaseGuidance):
+            raise TypeError(f"base={base!r} is not a diffusers guider instance (such as PerturbedAttentionGuidance())")
         if base is not None and (self.guidance_scale, self.guidance_rescale, self._start, self._stop) != (1, 0, 0, 1):
             raise ValueError(
                 "with base=..., CFG is the base guider's: leave guidance_scale, guidance_rescale, start and stop "

@@ -8,8 +8,10 @@ included); no request can choose a path.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import socket
 import threading
 import time
 import uuid
@@ -106,6 +108,27 @@ def _number(name: str, value: Any) -> float:
     return value
 
 
+PARAMETERS = ("prompt", "negative", "name", "steps", "seed", "scale", "tau", "alpha", "end", "cfg_scale")
+"""The page's inputs, in ``Generator.__call__``'s order."""
+
+
+def _preprocess(components: list, payloads: tuple) -> list:
+    """The page's raw values, type-checked, then preprocessed as Gradio would (bounds, choices). Gradio's own
+    preprocessing is off for the call: it turns any JSON into text with ``str()``, so an API client's object ran as
+    a prompt."""
+    import gradio as gr
+
+    values = []
+    for name, component, payload in zip(PARAMETERS, components, payloads, strict=True):
+        if payload is not None:
+            if isinstance(component, (gr.Textbox, gr.Dropdown)) and not isinstance(payload, str):
+                raise ValueError(f"The {component.label.lower()} must be text.")
+            if isinstance(component, (gr.Slider, gr.Number)):
+                _number(name, payload)
+        values.append(component.preprocess(payload))
+    return values
+
+
 def _for_display(image, size: int = 256):
     """Small images (the embedded model makes 32×32) shown enlarged with visible pixels; the saved PNGs keep
     their size."""
@@ -133,9 +156,9 @@ def build(
     make = Generator(models, out, device, dtype)
     defaults = make.defaults(models[0])
 
-    def run(*values):
+    def run(*payloads):
         try:
-            return make(*values)
+            return make(*_preprocess(inputs, payloads))
         except ValueError as error:
             raise gr.Error(str(error)) from None
 
@@ -150,7 +173,7 @@ def build(
         with gr.Row():
             name = gr.Dropdown(models, value=models[0], label="Model", elem_id="model")
             steps = gr.Slider(1, 50, value=defaults["steps"], step=1, label="Steps", info=HELP["steps"])
-            seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+            seed = gr.Number(value=0, label="Seed", minimum=0)  # no precision: 1.5 is refused, not rounded
         with gr.Row():
             scale = gr.Slider(1, 20, value=defaults["scale"], step=0.5, label="NAG scale s", info=HELP["scale"])
             tau = gr.Slider(0.5, 20, value=defaults["tau"], step=0.5, label="NAG τ (tau)", info=HELP["tau"])
@@ -166,7 +189,7 @@ def build(
             ]
         report = gr.Markdown(elem_id="report")
         inputs = [prompt, negative, name, steps, seed, scale, tau, alpha, end, cfg_scale]
-        button.click(run, inputs=inputs, outputs=[*images, report], concurrency_limit=1)
+        button.click(run, inputs=inputs, outputs=[*images, report], concurrency_limit=1, preprocess=False)
 
         def on_model(selected):
             values = make.defaults(selected)
@@ -175,6 +198,24 @@ def build(
         name.change(on_model, inputs=name, outputs=[steps, scale, tau, alpha, end])
     app.queue(max_size=queue_size, default_concurrency_limit=1)
     return app
+
+
+def check_address(host: str, port: int) -> None:
+    """A ``ValueError`` that says why, unless the page can listen on ``host``:``port``: checked before any model
+    loads, since Gradio's own failure comes after it, as a traceback that blames the port whatever is wrong."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as error:  # socket.gaierror is an OSError
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ValueError(f"--host {host!r} is not an address or a name this machine resolves ({reason})") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ValueError(f"--port {port} is in use on {host}: choose another --port") from None
+            raise ValueError(f"--host {host!r} is not an address of this machine ({error.strerror})") from None
 
 
 def launch(
@@ -187,6 +228,7 @@ def launch(
     block: bool = True,
     dtype: str = "float32",
 ):
+    check_address(host, port)
     app = build(models, out, device, queue_size, dtype)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True)
     return app

@@ -29,9 +29,12 @@ def test_quick_eval_writes_every_output(tmp_path):
     assert "nag eval --quick" in page and "| condition |" in page
     assert (docs / "eval-suppression-fidelity.png").stat().st_size > 0
     assert (docs / "eval-grid-student-1.png").stat().st_size > 0
-    # resumable: a second run finds everything done and recomputes nothing
+    # resumable: a second run finds everything done and recomputes nothing, past a line that is not a record
+    rank = out / "manifest-rank0.jsonl"
+    rank.write_text(rank.read_text() + "[1, 2, 3]\n")
     again = CliRunner().invoke(app, ["eval", "--quick", "--seeds", "2", "--out", str(out)])
     assert again.exit_code == 0, again.output
+    assert f"warning: {rank}, line {len(rows) + 1}: not a record" in again.output, again.output
     assert len((out / "manifest.jsonl").read_text().splitlines()) == len(rows)
 
 

@@ -17,7 +17,7 @@ from nag_guidance.tiny import (
 )
 from nag_guidance.tiny.evaluate import generate
 from nag_guidance.tiny.features import extract_features, frechet_distance
-from nag_guidance.tiny.loading import PIPELINE_DIR, TEACHER_DIR
+from nag_guidance.tiny.loading import PIPELINE_DIR, TEACHER_DIR, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +131,44 @@ def test_nag_apply_gives_the_embedded_model_its_own_preset(tmp_path):
     assert other.nag_report.config == nag.get_preset("sd15").config
     flux = nag.apply(load_pipeline(model="tiny-flux"))
     assert nag.defaults(flux) == nag.get_preset("tiny-flux").config
+
+
+HASH = "0" * 64
+BAD_MANIFESTS = [
+    pytest.param("[]", "expected an object", id="a list"),
+    pytest.param("null", "expected an object", id="null"),
+    pytest.param('{"sha256": []}', "expected an object", id="sha256 a list"),
+    pytest.param('{"sha256": "abc"}', "expected an object", id="sha256 a string"),
+    pytest.param('{"files": {}}', "expected an object", id="no sha256"),
+    pytest.param('{"sha256": {"a.bin": ["' + HASH + '"]}}', "not 64 hex digits", id="a hash that is a list"),
+    pytest.param('{"sha256": {"a.bin": 5}}', "not 64 hex digits", id="a hash that is a number"),
+    pytest.param('{"sha256": {"a.bin": "abc"}}', "not 64 hex digits", id="a short hash"),
+    pytest.param('{"sha256": {"../a.bin": "' + HASH + '"}}', "not a file inside", id="outside the folder"),
+    pytest.param('{"sha256": {"/etc/hostname": "' + HASH + '"}}', "not a file inside", id="an absolute path"),
+    pytest.param('{"sha256": {}}', "is not in", id="an empty manifest"),
+    pytest.param("[" * 100_000, "is damaged", id="deep nesting"),
+]
+
+
+@pytest.fixture
+def small_set(tmp_path):
+    """A weights set of two files and their manifest."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.bin").write_bytes(b"weights")
+    (tmp_path / "sub" / "config.json").write_text("{}")
+    write_manifest(tmp_path)
+    verify_weights(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("manifest", "message"), BAD_MANIFESTS)
+def test_a_manifest_of_the_wrong_shape_is_a_clear_weights_error(small_set, manifest, message):
+    (small_set / "manifest.json").write_text(manifest)
+    with pytest.raises(WeightsError, match=message):
+        verify_weights(small_set)
+
+
+def test_a_file_the_manifest_does_not_cover_is_refused(small_set):
+    (small_set / "sub" / "extra.safetensors").write_bytes(b"not checked by anything")
+    with pytest.raises(WeightsError, match="extra.safetensors is not in"):
+        verify_weights(small_set)

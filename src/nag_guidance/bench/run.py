@@ -22,6 +22,7 @@ from nag_guidance.bench.configs import FULL_SIZE, FULL_SIZE_QUICK, FULL_SIZE_TAR
 from nag_guidance.bench.op import bench_combine
 from nag_guidance.bench.report import markdown
 from nag_guidance.bench.step import CFG_SCALE, CONDITIONS, NEGATIVE, PROMPT, bench_config
+from nag_guidance.files import write_text_atomically
 
 QUICK_FAMILIES = ("sd", "sd3", "flux")
 
@@ -201,7 +202,7 @@ def run(
     result["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["seconds"] = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomically(out / "benchmarks.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     page = markdown(result)
-    (out / "benchmarks.md").write_text(page, encoding="utf-8")
+    write_text_atomically(out / "benchmarks.md", page)
     return page

@@ -4,6 +4,7 @@ grid, and the Markdown results page (with the exact command that produced it).""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import platform
@@ -13,6 +14,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from nag_guidance.eval.suite import ALL_KINDS
+from nag_guidance.files import save_png, write_atomically, write_text_atomically
 
 COLUMNS = (
     "label", "method", "unet", "steps", "kind", "samples", "negative_rate", "negative_rate_se", "suppression",
@@ -29,11 +31,13 @@ def flat(record: dict) -> dict[str, Any]:
 
 
 def write_tables(records: list[dict], out: Path) -> None:
-    (out / "results.json").write_text(json.dumps(records, indent=1, default=str), encoding="utf-8")
-    with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(flat(r) for r in records)
+    """results.json and results.csv, each whole or not at all (``files``)."""
+    write_text_atomically(out / "results.json", json.dumps(records, indent=1, default=str))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(flat(r) for r in records)
+    write_text_atomically(out / "results.csv", table.getvalue())
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -64,7 +68,7 @@ def plot(records: list[dict], path: Path) -> None:
         axes[0][-1].legend(loc="best", fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    write_atomically(path, lambda file: figure.savefig(file, dpi=110, format="png"))
     plt.close(figure)
 
 
@@ -93,7 +97,7 @@ def image_grid(records: list[dict], samples: Path, path: Path, unet: str, steps:
         canvas.paste(strip.resize((strip.width * zoom, strip.height * zoom), Image.NEAREST), (label, y))
         y += strip.height * zoom + 2
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    save_png(canvas, path)
 
 
 def headline(records: list[dict], steps: int = 4) -> list[str]:

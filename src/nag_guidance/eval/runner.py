@@ -18,11 +18,13 @@ from nag_guidance.eval.suite import (
     KINDS,
     Condition,
     Pair,
+    check_kinds,
     compared,
     conditions,
     flux_conditions,
     pairs,
 )
+from nag_guidance.files import save_png
 from nag_guidance.tiny import data
 
 SAMPLE_SEEDS = 8  # images kept per item (first pair) for the grids
@@ -192,6 +194,7 @@ def run(
     model: str = "tiny",
 ) -> list[dict]:
     """Run (or resume) the evaluation of embedded ``model`` into ``out``; returns every item's record, ordered."""
+    check_kinds(kinds)
     evaluator = Evaluator(device=device)
     (out / "samples").mkdir(parents=True, exist_ok=True)
 
@@ -202,7 +205,7 @@ def run(
         result, images = evaluator.measure(condition, item.payload["kind"], suite, item.payload["seeds"])
         strip = np.concatenate(list(images[:SAMPLE_SEEDS]), axis=1)
         sample = out / "samples" / f"{item.key}.png"  # by key: indices shift when the suite changes
-        Image.fromarray(strip).save(sample)
+        save_png(Image.fromarray(strip), sample)
         return {"condition": item.payload["condition"], "result": result, "sample": sample.name,
                 "pair": {"prompt": suite[0].prompt, "negative": suite[0].negative}}  # fmt: skip
 

@@ -52,6 +52,17 @@ def _pair(kind: str, prompt: str, negative: str, target: data.Spec, **avoid: str
     return Pair(kind, prompt, negative, target, entries)
 
 
+def check_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """``kinds`` if it names at least one kind and only known ones, else a ``ValueError``: before any model is
+    loaded, since an empty selection would only fail at the report."""
+    if not kinds:
+        raise ValueError(f"no kind selected (kinds, --kinds, is empty); allowed: {', '.join(ALL_KINDS)}")
+    unknown = [kind for kind in kinds if kind not in ALL_KINDS]
+    if unknown:
+        raise ValueError(f"unknown kinds {unknown}; allowed: {', '.join(ALL_KINDS)}")
+    return kinds
+
+
 def pairs(kinds: tuple[str, ...] = KINDS, quick: bool = False) -> list[Pair]:
     """Every pair of the suite, in a fixed order. Colour: "a circle" − "red"; shape: "a red shape" − "circle";
     background: "a circle" − "blue background"; colour-bg: "a circle on a white background" − "red" (a fixed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -42,6 +43,8 @@ TEACHER_STEPS = 25
 DEFAULT_IMAGE_SIZE = IMAGE_SIZE
 
 MANIFEST = "manifest.json"
+SHA256 = re.compile(r"[0-9a-f]{64}")
+"""A manifest's hash: a lowercase hex sha256 digest."""
 PIPELINE_DIR = "pipeline"
 TEACHER_DIR = "teacher_unet"
 FEATURES_FILE = "features/model.safetensors"
@@ -121,23 +124,49 @@ def write_manifest(root: Path) -> dict[str, str]:
     return hashes
 
 
-def verify_weights(path: Path | None = None) -> None:
-    """Raise ``WeightsError`` naming the first missing or damaged file; silent when all hashes match."""
-    root = Path(path) if path is not None else weights_path()
+def _read_manifest(root: Path) -> dict[str, str]:
+    """The manifest's file -> sha256 table, checked for its shape: ``{"sha256": {relative path: 64 hex digits}}``,
+    every path a file inside ``root``; anything else is a ``WeightsError``, never a TypeError from a bad edit."""
     manifest = root / MANIFEST
     if not manifest.is_file():
         raise WeightsError(f"{manifest} is missing: the tiny model's weights are not installed or were removed")
     try:
-        hashes: dict[str, str] = json.loads(manifest.read_text())["sha256"]
-    except (ValueError, KeyError) as error:
-        raise WeightsError(f"{manifest} is damaged ({error}); reinstall the package") from error
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:  # not JSON (or not UTF-8), or absurdly deep
+        raise WeightsError(f"{manifest} is damaged ({type(error).__name__}); reinstall the package") from None
+    hashes = data.get("sha256") if isinstance(data, dict) else None
+    if not isinstance(hashes, dict):
+        raise WeightsError(
+            f'{manifest} is damaged: expected an object {{"sha256": {{file: sha256, ...}}}}; reinstall the package'
+        )
+    inside = root.resolve()
+    for name, digest in hashes.items():
+        if not (isinstance(digest, str) and SHA256.fullmatch(digest)):
+            raise WeightsError(f"{manifest} is damaged: the sha256 of {name!r} is {digest!r}, not 64 hex digits")
+        target = (root / name).resolve()
+        if target == inside or not target.is_relative_to(inside):
+            raise WeightsError(f"{manifest} is damaged: {name!r} is not a file inside {root}")
+    return hashes
+
+
+def verify_weights(path: Path | None = None) -> None:
+    """Raise ``WeightsError`` naming the first missing, damaged or unlisted file (one the manifest does not cover
+    could be loaded unchecked), or a manifest of the wrong shape; silent when all hashes match."""
+    root = Path(path) if path is not None else weights_path()
+    hashes = _read_manifest(root)
+    unlisted = [p for p in _own_files(root) if p.relative_to(root).as_posix() not in hashes]
+    if unlisted:
+        raise WeightsError(
+            f"weights file {unlisted[0]} is not in {root / MANIFEST} (added since?); remove it, reinstall the "
+            "package or re-export the weights"
+        )
     for name, expected in hashes.items():
         file = root / name
         if not file.is_file():
             raise WeightsError(f"weights file {file} is missing; reinstall the package or re-export the weights")
         if _sha256(file) != expected:
             raise WeightsError(
-                f"weights file {file} is damaged (sha256 does not match {manifest}); reinstall the package "
+                f"weights file {file} is damaged (sha256 does not match {root / MANIFEST}); reinstall the package "
                 "or re-export the weights"
             )
 
