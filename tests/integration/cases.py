@@ -30,6 +30,7 @@ class Case:
     per_prompt: str = "num_images_per_prompt"
     images_per_prompt: int = 2  # what the batch test asks for
     inputs: dict = field(default_factory=dict)  # extra call inputs (e.g. the I2V image)
+    batch_test: bool = True  # whether the stock pipeline can make 2 prompts × ``images_per_prompt`` in one call
 
     def kwargs(self, **overrides) -> dict:
         return {**self.inputs, **self.call_kwargs(**overrides)}
@@ -53,6 +54,16 @@ def _t5_style_negative(**options):
 
 def _wan_negative(pipe, negatives):
     return fv.wan_prompt_embeds(pipe, negatives), None
+
+
+def _wan16_negative(pipe, negatives):
+    return fv.wan_prompt_embeds(pipe, negatives, max_sequence_length=16), None
+
+
+def _wan16_kwargs(**overrides):
+    """Wan call arguments with the text padded to 16 tokens (not 512: the prompt's few tokens then weigh enough
+    against the padding for NAG to move a tiny random model's output clearly)."""
+    return fv.wan_call_kwargs(**{"max_sequence_length": 16, **overrides})
 
 
 def _ltx2_negative(pipe, negatives):
@@ -167,6 +178,23 @@ CASES: list[Case] = [
         _ltx2_negative,
         per_prompt="num_videos_per_prompt",
     ),
+]
+
+CASES += [
+    Case(
+        case_id,
+        lambda dual=dual: fv.make_wan_vace(dual=dual),
+        _wan16_kwargs,
+        "wan-vace",
+        _wan16_negative,
+        denoisers=("transformer", "transformer_2"),
+        mask_arg=None,
+        cfg="separate",
+        per_prompt="num_videos_per_prompt",
+        inputs={"video": fv.tiny_video()},
+        batch_test=False,  # stock WanVACEPipeline makes one video per call (0.42.1); batch 2: test_video_families
+    )
+    for case_id, dual in (("wan21-vace", False), ("wan22-vace", True))
 ]
 
 BY_ID = {case.id: case for case in CASES}

@@ -77,6 +77,7 @@ def test_2_equals_slow_reference_and_differs_from_stock(case):
     [["dog"], ["blurry low quality video of a dark dog with glasses"], ["dog", "dark blurry glasses"]],
     ids=["shorter", "longer", "per-prompt"],
 )
+@pytest.mark.parametrize("case", [c for c in CASES if c.batch_test], ids=lambda c: c.id)
 def test_4_batch_two_by_two_and_negative_lengths(case, negatives):
     prompts = ["a red car", "a blue cat"]
     call = {case.per_prompt: case.images_per_prompt}

@@ -1,4 +1,4 @@
-"""Tiny, random, offline video pipelines (Wan 2.1/2.2 T2V and I2V, LTX-Video, LTX-2) for the NAG tests.
+"""Tiny, random, offline video pipelines (Wan 2.1/2.2 T2V, I2V and VACE, LTX-Video, LTX-2) for the NAG tests.
 
 Every component is built in memory from a fixed seed: no download, no file. Sizes are the smallest that keep each
 pipeline's own shape rules (Wan: height/width multiple of 16, 1 + 4k frames; LTX: 1 + 8k frames) while leaving
@@ -197,6 +197,60 @@ def wan_call_kwargs(**overrides) -> dict:
     )
     kwargs.update(overrides)
     return kwargs
+
+
+def _wan_vace_transformer() -> torch.nn.Module:
+    from diffusers import WanVACETransformer3DModel
+
+    return WanVACETransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        vace_layers=[0, 1],
+        vace_in_channels=96,  # 2 × 16 latent channels + 8 × 8 mask channels
+    ).eval()
+
+
+def make_wan_vace(dual: bool = False):
+    """WanVACEPipeline: two main blocks and two VACE control blocks; ``dual``: Wan 2.2 (``transformer_2``)."""
+    from diffusers import WanVACEPipeline
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(tokenizer.vocab_size)
+    torch.manual_seed(1)
+    transformer = _wan_vace_transformer()
+    transformer_2 = None
+    if dual:
+        torch.manual_seed(2)
+        transformer_2 = _wan_vace_transformer()
+    torch.manual_seed(3)
+    vae = _wan_vae()
+    pipe = WanVACEPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=_wan_scheduler(),
+        transformer=transformer,
+        transformer_2=transformer_2,
+        boundary_ratio=0.9 if dual else None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_video(frames: int = 5, size: int = 32) -> list:
+    """Deterministic random RGB frames (a control or source video)."""
+    return [tiny_image(seed, size) for seed in range(frames)]
 
 
 # --------------------------------------------------------------------------------------------- LTX-Video

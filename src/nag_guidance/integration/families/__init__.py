@@ -18,6 +18,7 @@ from nag_guidance.integration.families import (
     sd3,
     stable_diffusion,
     wan,
+    wan_vace,
     z_image,
 )
 from nag_guidance.integration.registry import Family
@@ -28,6 +29,7 @@ FAMILIES: tuple[Family, ...] = (  # the README's order: cross-attention, then jo
     pixart.PIXART,
     pixart.SANA,
     wan.WAN,
+    wan_vace.WAN_VACE,
     ltx.LTX,
     ltx.LTX2,
     sd3.SD3,
