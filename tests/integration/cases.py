@@ -197,4 +197,29 @@ CASES += [
     for case_id, dual in (("wan21-vace", False), ("wan22-vace", True))
 ]
 
+_SKYREELS_INPUTS = {
+    "t2v": {},
+    "i2v": {"image": fv.tiny_image()},
+    "df": {},
+    "df-i2v": {"image": fv.tiny_image()},
+    "df-v2v": {"video": fv.tiny_video(), "overlap_history": 1, "base_num_frames": 5},  # one prefix latent frame
+}
+
+CASES += [
+    Case(
+        f"skyreels-v2-{kind}",
+        lambda kind=kind: fv.make_skyreels_v2(kind),
+        fv.wan_call_kwargs if kind == "i2v" else _wan16_kwargs,  # I2V: its processor hard-codes 512 text tokens
+        "skyreels-v2",
+        _wan_negative if kind == "i2v" else _wan16_negative,
+        mask_arg=None,
+        cfg="separate",
+        per_prompt="num_videos_per_prompt",
+        images_per_prompt=2 if kind in ("t2v", "df") else 1,  # stock I2V pipelines fail for 2 prompts × 2 videos;
+        # the DF V2V one makes one video per prompt whatever num_videos_per_prompt says (0.42.1)
+        inputs=inputs,
+    )
+    for kind, inputs in _SKYREELS_INPUTS.items()
+]
+
 BY_ID = {case.id: case for case in CASES}

@@ -146,17 +146,7 @@ def make_wan_i2v(dual: bool = False):
         torch.manual_seed(1)
         transformer = _wan_transformer(in_channels=36, image_dim=4)
         torch.manual_seed(4)
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=4,
-                projection_dim=4,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=32,
-                intermediate_size=16,
-                patch_size=8,
-            )
-        ).eval()
+        image_encoder = _tiny_clip_vision()
         image_processor = CLIPImageProcessor(crop_size=32, size=32)
     torch.manual_seed(3)
     vae = _wan_vae()
@@ -173,6 +163,19 @@ def make_wan_i2v(dual: bool = False):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _tiny_clip_vision() -> CLIPVisionModelWithProjection:
+    config = CLIPVisionConfig(
+        hidden_size=4,
+        projection_dim=4,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        intermediate_size=16,
+        patch_size=8,
+    )
+    return CLIPVisionModelWithProjection(config).eval()
 
 
 def tiny_image(seed: int = 0, size: int = 32):
@@ -251,6 +254,62 @@ def make_wan_vace(dual: bool = False):
 def tiny_video(frames: int = 5, size: int = 32) -> list:
     """Deterministic random RGB frames (a control or source video)."""
     return [tiny_image(seed, size) for seed in range(frames)]
+
+
+# --------------------------------------------------------------------------------------------- SkyReels-V2
+
+SKYREELS_V2 = {
+    "t2v": "SkyReelsV2Pipeline",
+    "i2v": "SkyReelsV2ImageToVideoPipeline",
+    "df": "SkyReelsV2DiffusionForcingPipeline",
+    "df-i2v": "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+    "df-v2v": "SkyReelsV2DiffusionForcingVideoToVideoPipeline",
+}
+"""The SkyReels-V2 pipelines by kind: text-, image-to-video and their diffusion-forcing variants."""
+
+
+def make_skyreels_v2(kind: str = "t2v"):
+    """A SkyReels-V2 pipeline (``kind``: a key of ``SKYREELS_V2``) on a two-block Wan-like transformer. Only the
+    I2V pipeline has a CLIP image encoder (its image tokens come before the text in ``attn2``); the
+    diffusion-forcing ones condition on the image or video through the latent frames."""
+    import diffusers
+    from diffusers import SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    i2v = kind == "i2v"
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(tokenizer.vocab_size)
+    torch.manual_seed(1)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36 if i2v else 16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        image_dim=4 if i2v else None,
+    ).eval()
+    torch.manual_seed(3)
+    components = dict(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        transformer=transformer,
+        vae=_wan_vae(),
+        scheduler=UniPCMultistepScheduler(flow_shift=8.0, use_flow_sigmas=True, prediction_type="flow_prediction"),
+    )
+    if i2v:
+        torch.manual_seed(4)
+        components["image_encoder"] = _tiny_clip_vision()
+        components["image_processor"] = CLIPImageProcessor(crop_size=32, size=32)
+    pipe = getattr(diffusers, SKYREELS_V2[kind])(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 # --------------------------------------------------------------------------------------------- LTX-Video
