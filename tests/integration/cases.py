@@ -222,4 +222,18 @@ CASES += [
     for kind, inputs in _SKYREELS_INPUTS.items()
 ]
 
+CASES.append(
+    Case(
+        "wan-animate",
+        fv.make_wan_animate,
+        lambda **o: {k: v for k, v in fv.wan_call_kwargs(**o).items() if k != "num_frames"},  # from the pose video
+        "wan-animate",
+        _wan_negative,  # 512 tokens: the processor finds the text as the last 512 (after the image tokens)
+        mask_arg=None,
+        cfg="separate",
+        per_prompt="num_videos_per_prompt",
+        inputs=fv.wan_animate_inputs(),
+    )
+)
+
 BY_ID = {case.id: case for case in CASES}

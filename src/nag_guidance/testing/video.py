@@ -256,6 +256,70 @@ def tiny_video(frames: int = 5, size: int = 32) -> list:
     return [tiny_image(seed, size) for seed in range(frames)]
 
 
+def make_wan_animate():
+    """WanAnimatePipeline: two Wan blocks whose ``attn2`` also attends to CLIP image tokens through its own K/V
+    projections (``added_kv_proj_dim``, as in the released model), one face-adapter block, a tiny motion encoder."""
+    from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(tokenizer.vocab_size)
+    with torch.no_grad():  # text states ×4: a few prompt tokens then weigh against the 512 − n padding tokens
+        text_encoder.encoder.final_layer_norm.weight.mul_(4.0)
+    torch.manual_seed(1)
+    transformer = WanAnimateTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36,
+        latent_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        image_dim=4,
+        added_kv_proj_dim=24,
+        rope_max_seq_len=32,
+        motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16},
+        motion_encoder_size=16,
+        motion_style_dim=8,
+        motion_dim=4,
+        motion_encoder_dim=16,
+        face_encoder_hidden_dim=16,
+        face_encoder_num_heads=2,
+        inject_face_latents_blocks=2,
+    ).eval()
+    torch.manual_seed(3)
+    vae = _wan_vae()
+    torch.manual_seed(4)
+    pipe = WanAnimatePipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=_wan_scheduler(),
+        image_encoder=_tiny_clip_vision(),
+        image_processor=CLIPImageProcessor(crop_size=32, size=32),
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def wan_animate_inputs() -> dict:
+    """A reference image, 5 pose frames and 5 face frames (the motion encoder's 16 px) in one 5-frame segment."""
+    return dict(
+        image=tiny_image(),
+        pose_video=tiny_video(),
+        face_video=tiny_video(size=16),
+        mode="animate",
+        segment_frame_length=5,
+        prev_segment_conditioning_frames=1,
+    )
+
+
 # --------------------------------------------------------------------------------------------- SkyReels-V2
 
 SKYREELS_V2 = {

@@ -19,6 +19,7 @@ from nag_guidance.integration.families import (
     skyreels_v2,
     stable_diffusion,
     wan,
+    wan_animate,
     wan_vace,
     z_image,
 )
@@ -31,6 +32,7 @@ FAMILIES: tuple[Family, ...] = (  # the README's order: cross-attention, then jo
     pixart.SANA,
     wan.WAN,
     wan_vace.WAN_VACE,
+    wan_animate.WAN_ANIMATE,
     skyreels_v2.SKYREELS_V2,
     ltx.LTX,
     ltx.LTX2,
