@@ -236,4 +236,16 @@ CASES.append(
     )
 )
 
+CASES.append(
+    Case(
+        "allegro",
+        fv.make_allegro,
+        fv.allegro_call_kwargs,
+        "allegro",
+        _t5_style_negative(max_sequence_length=16),
+        per_prompt="num_videos_per_prompt",
+        images_per_prompt=1,  # AllegroPipeline sets num_videos_per_prompt = 1 whatever it is given (0.42.1)
+    )
+)
+
 BY_ID = {case.id: case for case in CASES}

@@ -376,6 +376,66 @@ def make_skyreels_v2(kind: str = "t2v"):
     return pipe
 
 
+# --------------------------------------------------------------------------------------------- Allegro
+
+
+def make_allegro():
+    """AllegroPipeline: one PixArt-like block (``attn2`` over the projected T5 text, with its padding mask)."""
+    from diffusers import AllegroPipeline, AllegroTransformer3DModel, AutoencoderKLAllegro, DDIMScheduler
+
+    tokenizer = tiny_tokenizer(model_max_length=128)
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(tokenizer.vocab_size, d_model=24)
+    torch.manual_seed(1)
+    transformer = AllegroTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        cross_attention_dim=24,
+        sample_width=8,
+        sample_height=8,
+        sample_frames=8,
+        caption_channels=24,
+    ).eval()
+    torch.manual_seed(3)
+    vae = AutoencoderKLAllegro(
+        down_block_types=("AllegroDownBlock3D",) * 4,
+        up_block_types=("AllegroUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    ).eval()
+    pipe = AllegroPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DDIMScheduler(clip_sample=False),  # unclipped: NAG's effect stays visible in the output
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def allegro_call_kwargs(**overrides) -> dict:
+    """2 steps, 32×32, 5 frames → latents 2×4×4 → 32 video tokens; prompts padded to 16 tokens."""
+    kwargs = dict(
+        height=32,
+        width=32,
+        num_frames=5,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        max_sequence_length=16,
+        clean_caption=False,
+        output_type="latent",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
 # --------------------------------------------------------------------------------------------- LTX-Video
 
 

@@ -5,6 +5,7 @@ register themselves on import, keeps the family modules free of shared mutable s
 """
 
 from nag_guidance.integration.families import (
+    allegro,
     chroma,
     cogvideox,
     flux,
@@ -36,6 +37,7 @@ FAMILIES: tuple[Family, ...] = (  # the README's order: cross-attention, then jo
     skyreels_v2.SKYREELS_V2,
     ltx.LTX,
     ltx.LTX2,
+    allegro.ALLEGRO,
     sd3.SD3,
     flux.FLUX,
     flux.FLUX_KONTEXT,
