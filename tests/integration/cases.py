@@ -66,6 +66,11 @@ def _wan16_kwargs(**overrides):
     return fv.wan_call_kwargs(**{"max_sequence_length": 16, **overrides})
 
 
+def _latte_negative(pipe, negatives):
+    """Cut to its real length, as the pipeline cuts the prompt (``mask_feature``); no mask."""
+    return pipe.encode_prompt(negatives, do_classifier_free_guidance=False, clean_caption=False)[0], None
+
+
 def _ltx2_negative(pipe, negatives):
     embeds, mask, *_ = pipe.encode_prompt(negatives, do_classifier_free_guidance=False, max_sequence_length=16)
     video, _audio, mask = pipe.connectors(embeds, mask, padding_side=pipe.tokenizer.padding_side)
@@ -245,6 +250,16 @@ CASES.append(
         _t5_style_negative(max_sequence_length=16),
         per_prompt="num_videos_per_prompt",
         images_per_prompt=1,  # AllegroPipeline sets num_videos_per_prompt = 1 whatever it is given (0.42.1)
+    )
+)
+
+CASES.append(
+    Case(
+        "latte",
+        fv.make_latte,
+        fv.latte_call_kwargs,
+        "latte",
+        _latte_negative,
     )
 )
 

@@ -118,7 +118,7 @@ class ReferenceNAG:
             module(**shadow)
         finally:
             self.mode = "guide"
-        self.rows = slice(text.shape[0] - self.cond_rows, text.shape[0])
+        self.batch = text.shape[0]
         self.position = 0
         return None
 
@@ -134,7 +134,8 @@ class ReferenceNAG:
             negative_context, negative_mask = self.records[self.position]
             self.position += 1
             z_pos = attention_before_projection(attn, hidden_states, encoder_hidden_states, attention_mask)
-            rows = self.rows
+            frames = hidden_states.shape[0] // self.batch  # > 1 where the model folds frames into the batch
+            rows = slice((self.batch - self.cond_rows) * frames, self.batch * frames)
             z_neg = attention_before_projection(
                 attn,
                 hidden_states[rows],

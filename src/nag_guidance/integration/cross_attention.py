@@ -51,8 +51,8 @@ class CrossAttentionNAG(ProcessorWrapper):
             self.state.call.note(f"{self.layer}: the text context is not a tensor: left unguided")
             return self.processor(attn, *args, **kwargs)
         positive, negative = _split(bound, plan, text, image_prompt)
-        rows = plan.rows
         hidden = bound.arguments["hidden_states"]
+        rows = _folded_rows(plan, hidden.shape[0], self.layer)
         negative = _take_rows(negative, rows, hidden.shape[0])
         capture = _NegativeBranch(attn)
         self.processor(capture, *negative.args[1:], **negative.kwargs)
@@ -63,6 +63,20 @@ class CrossAttentionNAG(ProcessorWrapper):
             )
         guided = _PositiveBranch(attn, rows, capture.query, capture.z_neg, self.state, self.index)
         return self.processor(guided, *positive.args[1:], **positive.kwargs)
+
+
+def _folded_rows(plan: ForwardPlan, batch: int, layer: str) -> slice:
+    """The guided rows of an attention call whose batch folds frames into the denoiser's rows (Latte's spatial
+    blocks, the 3D UNets: each sample's frames are consecutive rows, as ``repeat_interleave`` lays them out)."""
+    if batch == plan.batch:
+        return plan.rows
+    if batch % plan.batch:
+        raise RuntimeError(
+            f"{layer}: attention batch {batch} is no multiple of the denoiser's batch {plan.batch}, so NAG cannot "
+            "tell which of its rows are the prompt's"
+        )
+    frames = batch // plan.batch
+    return slice(plan.rows.start * frames, plan.rows.stop * frames)
 
 
 def _text_and_image_prompt(context: Any) -> tuple[torch.Tensor | None, list | None]:

@@ -436,6 +436,65 @@ def allegro_call_kwargs(**overrides) -> dict:
     return kwargs
 
 
+# --------------------------------------------------------------------------------------------- Latte
+
+
+def make_latte():
+    """LattePipeline: two spatial blocks (``attn2`` over the projected T5 text, run per frame: the frames are
+    folded into the batch) and two temporal blocks (no text)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, LattePipeline, LatteTransformer3DModel
+
+    tokenizer = tiny_tokenizer(model_max_length=128)
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(tokenizer.vocab_size)
+    torch.manual_seed(1)
+    transformer = LatteTransformer3DModel(
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        video_length=3,  # the temporal position table's length
+    ).eval()
+    torch.manual_seed(3)
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=2, latent_channels=4).eval()
+    pipe = LattePipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DDIMScheduler(clip_sample=False),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def latte_call_kwargs(**overrides) -> dict:
+    """2 steps, 8×8 latents (the VAE does not downsample), 3 frames → 16 tokens per frame; prompts are cut to their
+    longest real length by the pipeline (``mask_feature``), from at most 16 tokens."""
+    kwargs = dict(
+        height=8,
+        width=8,
+        video_length=3,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        clean_caption=False,
+        output_type="latent",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
 # --------------------------------------------------------------------------------------------- LTX-Video
 
 
