@@ -263,4 +263,25 @@ CASES.append(
     )
 )
 
+CASES += [
+    Case(
+        "sana-video",
+        fv.make_sana_video,
+        fv.sana_video_call_kwargs,
+        "sana-video",
+        _t5_style_negative(max_sequence_length=16, complex_human_instruction=[]),
+        per_prompt="num_videos_per_prompt",
+    ),
+    Case(
+        "sana-video-i2v",
+        lambda: fv.make_sana_video(i2v=True),
+        fv.sana_video_call_kwargs,
+        "sana-video",
+        _t5_style_negative(max_sequence_length=16, complex_human_instruction=[]),
+        per_prompt="num_videos_per_prompt",
+        images_per_prompt=1,  # stock SanaImageToVideoPipeline fails for num_videos_per_prompt > 1 (0.42.1)
+        inputs={"image": fv.tiny_image()},
+    ),
+]
+
 BY_ID = {case.id: case for case in CASES}

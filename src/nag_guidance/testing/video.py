@@ -495,6 +495,86 @@ def latte_call_kwargs(**overrides) -> dict:
     return kwargs
 
 
+# --------------------------------------------------------------------------------------------- Sana-Video
+
+
+def make_sana_video(i2v: bool = False):
+    """SanaVideoPipeline (or, with ``i2v``, SanaImageToVideoPipeline): two linear-attention blocks whose ``attn2``
+    attends to the Gemma-2 text with its padding mask; the Wan VAE."""
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        SanaImageToVideoPipeline,
+        SanaVideoPipeline,
+        SanaVideoTransformer3DModel,
+    )
+    from transformers import Gemma2Config, Gemma2Model
+
+    tokenizer = tiny_tokenizer(model_max_length=32)
+    torch.manual_seed(0)
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            head_dim=16,
+            hidden_size=8,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            num_key_value_heads=2,
+            vocab_size=tokenizer.vocab_size,
+            pad_token_id=0,
+        )
+    ).eval()
+    torch.manual_seed(1)
+    transformer = SanaVideoTransformer3DModel(
+        in_channels=16,
+        out_channels=16,
+        num_attention_heads=2,
+        attention_head_dim=12,
+        num_layers=2,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=12,
+        cross_attention_dim=24,
+        caption_channels=8,
+        mlp_ratio=2.5,
+        attention_bias=False,
+        sample_size=8,
+        patch_size=(1, 2, 2),
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ).eval()
+    torch.manual_seed(3)
+    pipeline = SanaImageToVideoPipeline if i2v else SanaVideoPipeline
+    pipe = pipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_wan_vae(),
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=8.0),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sana_video_call_kwargs(**overrides) -> dict:
+    """2 steps, 32×32, 5 frames → latents 2×4×4 → 8 video tokens per sample; prompts padded to 16 tokens, no
+    instruction prefix."""
+    kwargs = dict(
+        height=32,
+        width=32,
+        frames=5,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        max_sequence_length=16,
+        complex_human_instruction=[],
+        use_resolution_binning=False,
+        output_type="latent",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
 # --------------------------------------------------------------------------------------------- LTX-Video
 
 
