@@ -27,9 +27,10 @@ class Case:
     text_arg: str = "encoder_hidden_states"
     mask_arg: str | None = "encoder_attention_mask"
     cfg: str = "batched"  # "batched": one [uncond, cond] forward; "separate": cond, then uncond forward
-    per_prompt: str = "num_images_per_prompt"
+    per_prompt: str | None = "num_images_per_prompt"  # None: the pipeline makes one output per prompt
     images_per_prompt: int = 2  # what the batch test asks for
     inputs: dict = field(default_factory=dict)  # extra call inputs (e.g. the I2V image)
+    text_layers: str = "attn2"  # the text-attention layers, as ``reference.is_text_layer`` matches them
     batch_test: bool = True  # whether the stock pipeline can make 2 prompts × ``images_per_prompt`` in one call
 
     def kwargs(self, **overrides) -> dict:
@@ -281,6 +282,43 @@ CASES += [
         per_prompt="num_videos_per_prompt",
         images_per_prompt=1,  # stock SanaImageToVideoPipeline fails for num_videos_per_prompt > 1 (0.42.1)
         inputs={"image": fv.tiny_image()},
+    ),
+]
+
+_SPATIAL_ATTN2 = "*.attentions.*.attn2"  # the 3D UNets' spatial transformers (not temp_attentions, transformer_in)
+
+
+def _v2v_sd_kwargs(**overrides):
+    kwargs = fv.text_to_video_sd_call_kwargs(**{"num_inference_steps": 4, "strength": 0.6, **overrides})
+    return {k: v for k, v in kwargs.items() if k not in ("height", "width", "num_frames")}  # from the video
+
+
+CASES += [
+    Case(
+        "text-to-video-sd",
+        fv.make_text_to_video_sd,
+        fv.text_to_video_sd_call_kwargs,
+        "text-to-video-sd",
+        _sd_negative,
+        denoisers=("unet",),
+        mask_arg=None,
+        per_prompt=None,
+        images_per_prompt=1,
+        text_layers=_SPATIAL_ATTN2,
+    ),
+    Case(
+        "video-to-video-sd",
+        lambda: fv.make_text_to_video_sd(v2v=True),
+        _v2v_sd_kwargs,
+        "text-to-video-sd",
+        _sd_negative,
+        denoisers=("unet",),
+        mask_arg=None,
+        per_prompt=None,
+        images_per_prompt=1,
+        text_layers=_SPATIAL_ATTN2,
+        inputs={"video": fv.tiny_video(3, 16)},
+        batch_test=False,  # stock VideoToVideoSDPipeline takes one video, which it does not repeat for 2 prompts
     ),
 ]
 

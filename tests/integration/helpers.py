@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tests.integration.reference import is_text_layer
+
 PROMPT = "a red car"
 
 
@@ -83,7 +85,7 @@ class CallCounter:
             if model is None:
                 continue
             for name, module in model.named_modules():
-                if name.rsplit(".", 1)[-1] == "attn2":
+                if is_text_layer(name, case.text_layers):
                     self.handles.append(module.to_k.register_forward_hook(self._count))
 
     def _count(self, module, args, output) -> None:

@@ -109,10 +109,13 @@ def stock_class(pipe: Any) -> type:
 
 
 def _steps_of(pipe: Any) -> int | None:
-    """The running call's number of denoising steps, as diffusers pipelines record it."""
+    """The running call's number of denoising steps, as diffusers pipelines record it (or, where a pipeline does
+    not, the scheduler's timesteps from the index an img2img-style ``strength`` made it begin at)."""
     steps = getattr(pipe, "_num_timesteps", None)
     scheduler = getattr(pipe, "scheduler", None)
-    return steps or (len(scheduler.timesteps) if getattr(scheduler, "timesteps", None) is not None else None)
+    if steps or getattr(scheduler, "timesteps", None) is None:
+        return steps or None
+    return len(scheduler.timesteps) - (getattr(scheduler, "begin_index", None) or 0)
 
 
 def remove(pipe: Any) -> Any:

@@ -575,6 +575,57 @@ def sana_video_call_kwargs(**overrides) -> dict:
     return kwargs
 
 
+# --------------------------------------------------------------------------------------------- Text-to-video SD
+
+
+def make_text_to_video_sd(v2v: bool = False):
+    """TextToVideoSDPipeline (or, with ``v2v``, VideoToVideoSDPipeline): a two-level UNet3DConditionModel whose
+    spatial transformers' ``attn2`` attend to the CLIP text, per frame (the frames are folded into the batch); its
+    temporal transformers attend over frames only."""
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        TextToVideoSDPipeline,
+        UNet3DConditionModel,
+        VideoToVideoSDPipeline,
+    )
+
+    from nag_guidance.testing.image import _clip_text, _sd_vae, clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    text_encoder = _clip_text(tokenizer)
+    torch.manual_seed(1)
+    unet = UNet3DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=4,
+        in_channels=4,
+        out_channels=4,
+        sample_size=8,
+    ).eval()
+    pipeline = VideoToVideoSDPipeline if v2v else TextToVideoSDPipeline
+    pipe = pipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_sd_vae(),
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler(),  # ModelScope's
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def text_to_video_sd_call_kwargs(**overrides) -> dict:
+    """2 steps, 16×16, 3 frames → latents 8×8 per frame; the video-to-video pipeline takes ``video`` and
+    ``strength`` instead of the size and frame count."""
+    kwargs = dict(height=16, width=16, num_frames=3, num_inference_steps=2, guidance_scale=1.0, output_type="latent")
+    kwargs.update(overrides)
+    return kwargs
+
+
 # --------------------------------------------------------------------------------------------- LTX-Video
 
 
