@@ -203,6 +203,21 @@ CASES += [
     for case_id, dual in (("wan21-vace", False), ("wan22-vace", True))
 ]
 
+CASES.append(
+    Case(
+        "chronoedit",
+        fv.make_chronoedit,
+        fv.wan_call_kwargs,
+        "chronoedit",
+        _wan_negative,  # 512 tokens: the processor finds the text as the last 512 (after the image tokens)
+        mask_arg=None,
+        cfg="separate",
+        per_prompt="num_videos_per_prompt",
+        images_per_prompt=1,  # stock ChronoEditPipeline fails for num_videos_per_prompt > 1 (0.42.1)
+        inputs={"image": fv.tiny_image()},
+    )
+)
+
 _SKYREELS_INPUTS = {
     "t2v": {},
     "i2v": {"image": fv.tiny_image()},

@@ -256,16 +256,23 @@ def tiny_video(frames: int = 5, size: int = 32) -> list:
     return [tiny_image(seed, size) for seed in range(frames)]
 
 
+def _t5_encoder_for_512(vocab_size: int) -> T5EncoderModel:
+    """The T5 encoder with its output ×4: the few tokens of a test prompt then weigh enough against the 512 − n
+    padding tokens of the processors that need 512 text tokens (Wan-style image context) for NAG to show."""
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(vocab_size)
+    with torch.no_grad():
+        text_encoder.encoder.final_layer_norm.weight.mul_(4.0)
+    return text_encoder
+
+
 def make_wan_animate():
     """WanAnimatePipeline: two Wan blocks whose ``attn2`` also attends to CLIP image tokens through its own K/V
     projections (``added_kv_proj_dim``, as in the released model), one face-adapter block, a tiny motion encoder."""
     from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
 
     tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    text_encoder = _t5_encoder(tokenizer.vocab_size)
-    with torch.no_grad():  # text states ×4: a few prompt tokens then weigh against the 512 − n padding tokens
-        text_encoder.encoder.final_layer_norm.weight.mul_(4.0)
+    text_encoder = _t5_encoder_for_512(tokenizer.vocab_size)
     torch.manual_seed(1)
     transformer = WanAnimateTransformer3DModel(
         patch_size=(1, 2, 2),
@@ -318,6 +325,46 @@ def wan_animate_inputs() -> dict:
         segment_frame_length=5,
         prev_segment_conditioning_frames=1,
     )
+
+
+def make_chronoedit():
+    """ChronoEditPipeline: a Wan I2V transformer whose ``attn2`` attends to 17 CLIP image tokens through their own
+    K/V projections and to the 512 text tokens."""
+    from diffusers import ChronoEditPipeline, ChronoEditTransformer3DModel
+
+    tokenizer = tiny_tokenizer()
+    text_encoder = _t5_encoder_for_512(tokenizer.vocab_size)
+    torch.manual_seed(1)
+    transformer = ChronoEditTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        image_dim=4,
+        added_kv_proj_dim=24,
+    ).eval()
+    torch.manual_seed(3)
+    vae = _wan_vae()
+    torch.manual_seed(4)
+    pipe = ChronoEditPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        image_encoder=_tiny_clip_vision(),
+        image_processor=CLIPImageProcessor(crop_size=32, size=32),
+        transformer=transformer,
+        vae=vae,
+        scheduler=_wan_scheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 # --------------------------------------------------------------------------------------------- SkyReels-V2

@@ -7,6 +7,7 @@ register themselves on import, keeps the family modules free of shared mutable s
 from nag_guidance.integration.families import (
     allegro,
     chroma,
+    chronoedit,
     cogvideox,
     flux,
     flux2,
@@ -39,6 +40,7 @@ FAMILIES: tuple[Family, ...] = (  # the README's order: cross-attention, then jo
     wan.WAN,
     wan_vace.WAN_VACE,
     wan_animate.WAN_ANIMATE,
+    chronoedit.CHRONOEDIT,
     skyreels_v2.SKYREELS_V2,
     ltx.LTX,
     ltx.LTX2,
