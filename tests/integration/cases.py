@@ -207,14 +207,13 @@ CASES.append(
     Case(
         "chronoedit",
         fv.make_chronoedit,
-        fv.wan_call_kwargs,
+        fv.chronoedit_call_kwargs,
         "chronoedit",
         _wan_negative,  # 512 tokens: the processor finds the text as the last 512 (after the image tokens)
         mask_arg=None,
         cfg="separate",
         per_prompt="num_videos_per_prompt",
         images_per_prompt=1,  # stock ChronoEditPipeline fails for num_videos_per_prompt > 1 (0.42.1)
-        inputs={"image": fv.tiny_image()},
     )
 )
 
@@ -247,13 +246,12 @@ CASES.append(
     Case(
         "wan-animate",
         fv.make_wan_animate,
-        lambda **o: {k: v for k, v in fv.wan_call_kwargs(**o).items() if k != "num_frames"},  # from the pose video
+        fv.wan_animate_call_kwargs,
         "wan-animate",
         _wan_negative,  # 512 tokens: the processor finds the text as the last 512 (after the image tokens)
         mask_arg=None,
         cfg="separate",
         per_prompt="num_videos_per_prompt",
-        inputs=fv.wan_animate_inputs(),
     )
 )
 

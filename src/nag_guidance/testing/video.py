@@ -315,16 +315,26 @@ def make_wan_animate():
     return pipe
 
 
-def wan_animate_inputs() -> dict:
-    """A reference image, 5 pose frames and 5 face frames (the motion encoder's 16 px) in one 5-frame segment."""
-    return dict(
+def wan_animate_call_kwargs(**overrides) -> dict:
+    """``wan_call_kwargs`` with a reference image, 5 pose frames and 5 face frames (the motion encoder's 16 px) in
+    one 5-frame segment; the frame count comes from the pose video."""
+    kwargs = dict(
         image=tiny_image(),
         pose_video=tiny_video(),
         face_video=tiny_video(size=16),
         mode="animate",
         segment_frame_length=5,
         prev_segment_conditioning_frames=1,
+        **wan_call_kwargs(),
     )
+    del kwargs["num_frames"]
+    kwargs.update(overrides)
+    return kwargs
+
+
+def chronoedit_call_kwargs(**overrides) -> dict:
+    """``wan_call_kwargs`` with the input image (the pipeline makes 5 frames without temporal reasoning)."""
+    return {"image": tiny_image(), **wan_call_kwargs(**overrides)}
 
 
 def make_chronoedit():
