@@ -72,6 +72,11 @@ def _latte_negative(pipe, negatives):
     return pipe.encode_prompt(negatives, do_classifier_free_guidance=False, clean_caption=False)[0], None
 
 
+def _i2vgen_xl_negative(pipe, negatives):
+    pipe._guidance_scale = 1.0  # its encode_prompt reads whether CFG is on from the running call's state
+    return pipe.encode_prompt(negatives, torch.device("cpu"), 1)[0], None
+
+
 def _ltx2_negative(pipe, negatives):
     embeds, mask, *_ = pipe.encode_prompt(negatives, do_classifier_free_guidance=False, max_sequence_length=16)
     video, _audio, mask = pipe.connectors(embeds, mask, padding_side=pipe.tokenizer.padding_side)
@@ -334,5 +339,21 @@ CASES += [
         batch_test=False,  # stock VideoToVideoSDPipeline takes one video, which it does not repeat for 2 prompts
     ),
 ]
+
+CASES.append(
+    Case(
+        "i2vgen-xl",
+        fv.make_i2vgen_xl,
+        fv.i2vgen_xl_call_kwargs,
+        "i2vgen-xl",
+        _i2vgen_xl_negative,
+        denoisers=("unet",),
+        mask_arg=None,
+        per_prompt="num_videos_per_prompt",
+        images_per_prompt=1,
+        text_layers=_SPATIAL_ATTN2,
+        batch_test=False,  # stock I2VGenXLPipeline fails for 2 prompts (0.42.1); batch 2: test_video_families
+    )
+)
 
 BY_ID = {case.id: case for case in CASES}

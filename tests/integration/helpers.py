@@ -13,8 +13,10 @@ PROMPT = "a red car"
 
 
 def generate(pipe: Any, case: Any, prompt: Any = PROMPT, nag: dict | None = None, **call: Any) -> torch.Tensor:
-    """The pipeline's first output (latents) for a fixed seed; ``nag`` holds the ``nag_*`` arguments."""
+    """The pipeline's first output (latents) for a fixed seed; ``nag`` holds the ``nag_*`` arguments. torch's global
+    generator is seeded too: I2VGenXL samples its image latents from it, not from ``generator``."""
     prompt = list(prompt) if isinstance(prompt, list) else prompt  # some pipelines rewrite the list in place
+    torch.manual_seed(0)
     out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(0), **case.kwargs(**call), **(nag or {}))
     return out[0]
 

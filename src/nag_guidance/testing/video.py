@@ -683,6 +683,69 @@ def text_to_video_sd_call_kwargs(**overrides) -> dict:
     return kwargs
 
 
+def make_i2vgen_xl():
+    """I2VGenXLPipeline: a two-level I2VGenXLUNet (spatial ``attn2`` over [CLIP text | image-latent tokens | image
+    tokens], per frame), a CLIP text and a CLIP image encoder."""
+    from diffusers import DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
+
+    from nag_guidance.testing.image import _clip_text, _sd_vae, clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    text_encoder = _clip_text(tokenizer)
+    torch.manual_seed(1)
+    unet = I2VGenXLUNet(
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+    ).eval()
+    torch.manual_seed(4)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=8,
+            projection_dim=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=224,  # the pipeline resizes the image to 224² for CLIP
+            intermediate_size=16,
+            patch_size=32,
+        )
+    ).eval()
+    pipe = I2VGenXLPipeline(
+        vae=_sd_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        image_encoder=image_encoder,
+        feature_extractor=CLIPImageProcessor(crop_size=224, size=224),
+        unet=unet,
+        scheduler=DDIMScheduler(clip_sample=False),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def i2vgen_xl_call_kwargs(**overrides) -> dict:
+    """2 steps, 16×16, 3 frames → latents 8×8 per frame, from one input image. ``clip_skip=None``: the pipeline's
+    default (1) reads ``text_encoder.text_model``, which transformers' CLIPTextModel no longer has."""
+    kwargs = dict(
+        image=tiny_image(),
+        height=16,
+        width=16,
+        num_frames=3,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        clip_skip=None,
+        output_type="latent",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
 # --------------------------------------------------------------------------------------------- LTX-Video
 
 
