@@ -7,12 +7,16 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tests.integration.reference import is_text_layer
+
 PROMPT = "a red car"
 
 
 def generate(pipe: Any, case: Any, prompt: Any = PROMPT, nag: dict | None = None, **call: Any) -> torch.Tensor:
-    """The pipeline's first output (latents) for a fixed seed; ``nag`` holds the ``nag_*`` arguments."""
+    """The pipeline's first output (latents) for a fixed seed; ``nag`` holds the ``nag_*`` arguments. torch's global
+    generator is seeded too: I2VGenXL samples its image latents from it, not from ``generator``."""
     prompt = list(prompt) if isinstance(prompt, list) else prompt  # some pipelines rewrite the list in place
+    torch.manual_seed(0)
     out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(0), **case.kwargs(**call), **(nag or {}))
     return out[0]
 
@@ -83,7 +87,7 @@ class CallCounter:
             if model is None:
                 continue
             for name, module in model.named_modules():
-                if name.rsplit(".", 1)[-1] == "attn2":
+                if is_text_layer(name, case.text_layers):
                     self.handles.append(module.to_k.register_forward_hook(self._count))
 
     def _count(self, module, args, output) -> None:

@@ -10,11 +10,18 @@ conditional rows, then the layer's own output projection.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+def is_text_layer(name: str, pattern: str) -> bool:
+    """Whether a module is a text-attention layer: ``pattern`` is its name's last component ("attn2") or, with a dot,
+    an ``fnmatch`` pattern of the whole name (the 3D UNets' temporal ``attn2`` attend over frames, not text)."""
+    return fnmatch.fnmatchcase(name, pattern) if "." in pattern else name.rsplit(".", 1)[-1] == pattern
 
 
 def nag_float64(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: float, alpha: float) -> torch.Tensor:
@@ -68,7 +75,7 @@ class ReferenceNAG:
     """Install with ``install(pipe)``; ``negative`` is (embeds, mask) exactly as the denoiser takes text."""
 
     denoisers: tuple[str, ...]
-    attention: str
+    attention: str  # see ``is_text_layer``
     text_arg: str
     mask_arg: str | None
     negative: tuple[torch.Tensor, torch.Tensor | None]
@@ -88,7 +95,7 @@ class ReferenceNAG:
             model.register_forward_pre_hook(self._shadow_forward, with_kwargs=True)
             model.register_forward_hook(self._forward_done)
             for name, module in model.named_modules():
-                if name.rsplit(".", 1)[-1] == self.attention:
+                if is_text_layer(name, self.attention):
                     module.forward = self._layer(module, f"{attr}.{name}")
 
     def _negative_batch(self, batch: int, like: torch.Tensor, mask_like):
@@ -118,7 +125,7 @@ class ReferenceNAG:
             module(**shadow)
         finally:
             self.mode = "guide"
-        self.rows = slice(text.shape[0] - self.cond_rows, text.shape[0])
+        self.batch = text.shape[0]
         self.position = 0
         return None
 
@@ -134,7 +141,8 @@ class ReferenceNAG:
             negative_context, negative_mask = self.records[self.position]
             self.position += 1
             z_pos = attention_before_projection(attn, hidden_states, encoder_hidden_states, attention_mask)
-            rows = self.rows
+            frames = hidden_states.shape[0] // self.batch  # > 1 where the model folds frames into the batch
+            rows = slice((self.batch - self.cond_rows) * frames, self.batch * frames)
             z_neg = attention_before_projection(
                 attn,
                 hidden_states[rows],

@@ -29,7 +29,7 @@ def reference(case, pipe, negatives: list[str], cond_rows: int, scale=5.0, tau=2
     """Output of the independent slow reference on ``pipe`` (which must not have NAG applied)."""
     ref = ReferenceNAG(
         case.denoisers,
-        "attn2",
+        case.text_layers,
         case.text_arg,
         case.mask_arg,
         case.encode_negative(pipe, negatives),
@@ -77,9 +77,10 @@ def test_2_equals_slow_reference_and_differs_from_stock(case):
     [["dog"], ["blurry low quality video of a dark dog with glasses"], ["dog", "dark blurry glasses"]],
     ids=["shorter", "longer", "per-prompt"],
 )
+@pytest.mark.parametrize("case", [c for c in CASES if c.batch_test], ids=lambda c: c.id)
 def test_4_batch_two_by_two_and_negative_lengths(case, negatives):
     prompts = ["a red car", "a blue cat"]
-    call = {case.per_prompt: case.images_per_prompt}
+    call = {case.per_prompt: case.images_per_prompt} if case.per_prompt else {}
     rows = 2 * case.images_per_prompt
     pipe = nag.apply(case.make())
     guided = generate(pipe, case, prompts, nag={"nag_negative_prompt": negatives, **NAG}, **call)

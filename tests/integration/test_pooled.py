@@ -131,6 +131,8 @@ PROMPT_ONLY = sorted(
 
 def test_the_families_split_as_documented():
     no_pooled = ["sd", "pixart", "sana", "wan", "ltx", "ltx2", "chroma", "qwen-image", "flux2", "z-image"]
+    no_pooled += ["wan-vace", "skyreels-v2", "wan-animate", "allegro", "latte", "sana-video", "text-to-video-sd"]
+    no_pooled += ["chronoedit", "i2vgen-xl"]
     assert sorted([*no_pooled, "cogvideox", "lumina2"]) == WITHOUT_POOLED
     assert PROMPT_ONLY == ["hidream", "hunyuan-video", "sd3", "sdxl"]
 

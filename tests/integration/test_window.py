@@ -163,12 +163,14 @@ def test_a_bad_window_is_refused():
 
 def _recorded_steps(pipe) -> list[float]:
     """The scheduler timesteps the loop stepped with, recorded at ``scheduler.step`` (scheduler units in every
-    pipeline, whatever the denoiser is given)."""
+    pipeline, whatever the denoiser is given). Diffusion-forcing pipelines step a copy of the scheduler per latent
+    frame: those copies are recorded too."""
     seen: list[float] = []
     recorded = pipe.scheduler
+    per_frame = "DiffusionForcing" in type(pipe).__name__
 
     def recording(scheduler, model_output, timestep, *args, **kwargs):
-        if scheduler is recorded:  # not a copy the pipeline made (LTX-2's audio scheduler)
+        if scheduler is recorded or per_frame:  # not a copy the pipeline made (LTX-2's audio scheduler)
             seen.append(float(torch.as_tensor(timestep).reshape(-1)[0]))
         return type(scheduler).step(scheduler, model_output, timestep, *args, **kwargs)
 

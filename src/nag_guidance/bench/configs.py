@@ -77,6 +77,14 @@ TINY: tuple[BenchConfig, ...] = (
     _tiny("cogvideox", fj.make_cogvideox, fj.cogvideox_call_kwargs),
     _tiny("lumina2", fj.make_lumina2, fj.lumina2_call_kwargs),
     _tiny("hidream", fj.make_hidream, fj.hidream_call_kwargs),
+    _tiny("wan-vace", fv.make_wan_vace, fv.wan_call_kwargs),
+    _tiny("wan-animate", fv.make_wan_animate, fv.wan_animate_call_kwargs),
+    _tiny("chronoedit", fv.make_chronoedit, fv.chronoedit_call_kwargs),
+    _tiny("skyreels-v2", partial(fv.make_skyreels_v2, kind="df"), fv.wan_call_kwargs),
+    _tiny("allegro", fv.make_allegro, fv.allegro_call_kwargs),
+    _tiny("latte", fv.make_latte, fv.latte_call_kwargs),
+    _tiny("sana-video", fv.make_sana_video, fv.sana_video_call_kwargs),
+    _tiny("text-to-video-sd", fv.make_text_to_video_sd, fv.text_to_video_sd_call_kwargs),
 )
 
 

@@ -33,12 +33,14 @@ from nag_guidance.integration.state import ForwardPlan
 
 
 def wrapper_class(family: Family) -> type[ProcessorWrapper]:
-    """The processor wrapper of the cross-attention mechanism (the same for every family)."""
-    return CrossAttentionNAG
+    """The processor wrapper of the cross-attention mechanism, for where the family's shared context sits."""
+    return _ContextAfterText if family.context_after_text else CrossAttentionNAG
 
 
 class CrossAttentionNAG(ProcessorWrapper):
     """Runs the wrapped cross-attention processor once per branch and guides Z+ before ``to_out[0]``."""
+
+    shared_after_text = False  # the model appends its own context tokens to the text instead (see ``_split``)
 
     def run(self, attn: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         plan = self.state.forward
@@ -49,9 +51,9 @@ class CrossAttentionNAG(ProcessorWrapper):
         if text is None:
             plan.call.note(f"{self.layer}: the text context is not a tensor: left unguided")
             return self.processor(attn, *args, **kwargs)
-        positive, negative = _split(bound, plan, text, image_prompt)
-        rows = plan.rows
+        positive, negative = _split(bound, plan, text, image_prompt, self.shared_after_text)
         hidden = bound.arguments["hidden_states"]
+        rows = _folded_rows(plan, hidden.shape[0], self.layer)
         negative = _take_rows(negative, rows, hidden.shape[0])
         capture = _NegativeBranch(attn)
         self.processor(capture, *negative.args[1:], **negative.kwargs)
@@ -64,6 +66,24 @@ class CrossAttentionNAG(ProcessorWrapper):
         return self.processor(guided, *positive.args[1:], **positive.kwargs)
 
 
+class _ContextAfterText(CrossAttentionNAG):
+    shared_after_text = True
+
+
+def _folded_rows(plan: ForwardPlan, batch: int, layer: str) -> slice:
+    """The guided rows of an attention call whose batch folds frames into the denoiser's rows (Latte's spatial
+    blocks, the 3D UNets: each sample's frames are consecutive rows, as ``repeat_interleave`` lays them out)."""
+    if batch == plan.batch:
+        return plan.rows
+    if batch % plan.batch:
+        raise RuntimeError(
+            f"{layer}: attention batch {batch} is no multiple of the denoiser's batch {plan.batch}, so NAG cannot "
+            "tell which of its rows are the prompt's"
+        )
+    frames = batch // plan.batch
+    return slice(plan.rows.start * frames, plan.rows.stop * frames)
+
+
 def _text_and_image_prompt(context: Any) -> tuple[torch.Tensor | None, list | None]:
     """The text context, and the IP-Adapter's image-prompt states when the UNet passes them along with it
     (``(text, [image-prompt states per adapter])``, which diffusers' IP-Adapter processors take apart)."""
@@ -74,33 +94,47 @@ def _text_and_image_prompt(context: Any) -> tuple[torch.Tensor | None, list | No
     return None, None
 
 
-def _split(bound, plan: ForwardPlan, context: torch.Tensor, image_prompt: list | None):
+def _split(bound, plan: ForwardPlan, context: torch.Tensor, image_prompt: list | None, shared_after_text: bool):
     """Two bindings of the processor call: one with the prompt's context (and mask), one with the negative's.
 
-    The IP-Adapter's image prompt goes to both branches unchanged: the negative replaces the text only, so NAG
-    guides away from the negative text while the image prompt's attention, which the processor adds to the
-    text attention before ``to_out[0]``, is the same in Z+ and Z-."""
+    Tokens the model adds to the text are shared context of both branches: in front of it ([shared | prompt |
+    negative], Wan I2V's image tokens) or, with ``shared_after_text``, behind it ([prompt | negative | shared],
+    I2VGenXL's image tokens). The IP-Adapter's image prompt goes to both branches unchanged: the negative replaces
+    the text only, so NAG guides away from the negative text while the image prompt's attention, which the
+    processor adds to the text attention before ``to_out[0]``, is the same in Z+ and Z-."""
     total = context.shape[1]
-    cut = total - plan.negative_length
-    prefix = cut - plan.text_length  # tokens the model put in front of the text (Wan I2V image context)
-    if prefix < 0:
+    text, negative_length = plan.text_length, plan.negative_length
+    shared = total - text - negative_length
+    if shared < 0:
         raise RuntimeError(
-            f"text context of length {total} is shorter than prompt ({plan.text_length}) + NAG negative "
-            f"({plan.negative_length}): the model changed the text length, which NAG cannot follow"
+            f"text context of length {total} is shorter than prompt ({text}) + NAG negative "
+            f"({negative_length}): the model changed the text length, which NAG cannot follow"
         )
-    # contiguous copies (a few text tokens): the prompt branch then runs on exactly the stock memory layout
-    negative_context = context[:, cut:] if prefix == 0 else torch.cat([context[:, :prefix], context[:, cut:]], 1)
-    contexts = [context[:, :cut].contiguous(), negative_context.contiguous()]
+
+    def branches(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # contiguous copies (a few text tokens): the prompt branch then runs on exactly the stock memory layout
+        def part(start: int, stop: int) -> torch.Tensor:
+            return t.narrow(dim, start, stop - start)
+
+        if shared_after_text:
+            prompt = (
+                part(0, text) if shared == 0 else torch.cat([part(0, text), part(text + negative_length, total)], dim)
+            )
+            negative = part(text, total)
+        else:
+            prompt = part(0, total - negative_length)
+            negative = part(shared + text, total)
+            negative = negative if shared == 0 else torch.cat([part(0, shared), negative], dim)
+        return prompt.contiguous(), negative.contiguous()
+
+    contexts = branches(context, 1)
     if image_prompt is not None:
-        contexts = [(text, image_prompt) for text in contexts]
+        contexts = tuple((t, image_prompt) for t in contexts)
     positive = _rebind(bound, encoder_hidden_states=contexts[0])
     negative = _rebind(bound, encoder_hidden_states=contexts[1])
     mask = bound.arguments.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.shape[-1] == total:
-        positive.arguments["attention_mask"] = mask[..., :cut].contiguous()
-        negative.arguments["attention_mask"] = (
-            mask[..., cut:] if prefix == 0 else torch.cat([mask[..., :prefix], mask[..., cut:]], -1)
-        ).contiguous()
+        positive.arguments["attention_mask"], negative.arguments["attention_mask"] = branches(mask, mask.ndim - 1)
     return positive, negative
 
 

@@ -76,8 +76,9 @@ class Family:
     that appends the negative (``(family, state) -> hook``). ``pooled_arg`` names where the denoiser takes a
     pooled text vector (None: it takes none); ``negative_rows`` runs the negative branch on rows of its own
     (``pooled="negative"``). ``ulysses``: the joint path follows diffusers' Ulysses context parallelism here.
-    ``flow``: the pipelines' schedulers are flow-matching (the window rule of the guider door, which sees no
-    scheduler).
+    ``context_after_text``: tokens the model adds to the text context follow it (I2VGen-XL's image tokens)
+    instead of preceding it (Wan I2V's). ``flow``: the pipelines' schedulers are flow-matching (the window rule
+    of the guider door, which sees no scheduler).
     """
 
     name: str
@@ -95,6 +96,7 @@ class Family:
     timestep_units: str = "scheduler"  # how the pipeline scales the scheduler's timestep (state.TIMESTEP_UNITS)
     flow: bool = True
     attention: tuple[str, ...] = ("attn2",)
+    context_after_text: bool = False  # cross attention: the model appends its own context tokens to the text
     cfg_cond_first: bool = False  # the pipeline batches CFG as [cond, uncond] instead of diffusers' usual order
     cfg_argument: str | None = "guidance_scale"  # the call argument that turns on CFG with ``negative_prompt``
     layout: JointLayout = JointLayout()

@@ -109,13 +109,17 @@ def stock_class(pipe: Any) -> type:
 
 def _steps_of(pipe: Any) -> int | None:
     """The running call's number of denoising steps: the distinct timesteps among those the loop runs (the last
-    ``_num_timesteps`` the pipeline records, which img2img takes from the end of the scheduler's; second-order
-    schedulers evaluate most timesteps twice)."""
+    ``_num_timesteps`` the pipeline records, which img2img takes from the end of the scheduler's; where a pipeline
+    records none, those from the index an img2img-style ``strength`` made the scheduler begin at). Second-order
+    schedulers evaluate most timesteps twice: a step is a distinct timestep."""
     running = getattr(pipe, "_num_timesteps", None)
-    timesteps = getattr(getattr(pipe, "scheduler", None), "timesteps", None)
+    scheduler = getattr(pipe, "scheduler", None)
+    timesteps = getattr(scheduler, "timesteps", None)
     if timesteps is None or not len(timesteps):
-        return running
-    return distinct_steps(timesteps[-running:] if running else timesteps)
+        return running or None
+    if not running:
+        return distinct_steps(timesteps[getattr(scheduler, "begin_index", None) or 0 :])
+    return distinct_steps(timesteps[-running:])
 
 
 def remove(pipe: Any) -> Any:

@@ -83,10 +83,11 @@ def report_from_call(family: str, call: CallInfo) -> NAGReport:
 
 
 def _count_steps(timesteps: list) -> int:
-    """Denoising steps among the guided forwards: runs of equal timesteps count once (a single host sync)."""
-    tensors = [t.reshape(-1)[:1].float() for t in timesteps if isinstance(t, torch.Tensor)]
+    """Denoising steps among the guided forwards: runs of equal timesteps count once (a single host sync). A
+    timestep per frame or token counts as its largest, as in ``NAGState._advance_step``."""
+    tensors = [t.amax().reshape(1).float() for t in timesteps if isinstance(t, torch.Tensor)]
     if len(tensors) == len(timesteps):
         values = torch.cat([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else []
     else:
-        values = [float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t) for t in timesteps]
+        values = [float(t.max()) if isinstance(t, torch.Tensor) else float(t) for t in timesteps]
     return sum(1 for i, v in enumerate(values) if i == 0 or v != values[i - 1])

@@ -216,11 +216,13 @@ class NAGState:
         scheduler timestep.
 
         Reading the value costs a host sync, so it is only done when the window is partial; with the full window
-        every forward is in it and the steps are counted from the kept timesteps at the end.
+        every forward is in it and the steps are counted from the kept timesteps at the end. A timestep per frame or
+        per token (diffusion forcing, Wan 2.2 TI2V), where conditioning frames stay at 0, counts as its largest:
+        the noisiest frame's.
         """
         if call.config.full_window:
             return
-        value = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        value = float(timestep.max()) if isinstance(timestep, torch.Tensor) else float(timestep)
         if value != call.last_timestep:
             call.step_index += 1
             call.last_timestep = value

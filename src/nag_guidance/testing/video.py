@@ -1,4 +1,4 @@
-"""Tiny, random, offline video pipelines (Wan 2.1/2.2 T2V and I2V, LTX-Video, LTX-2) for the NAG tests.
+"""Tiny, random, offline video pipelines (Wan 2.1/2.2 T2V, I2V and VACE, LTX-Video, LTX-2) for the NAG tests.
 
 Every component is built in memory from a fixed seed: no download, no file. Sizes are the smallest that keep each
 pipeline's own shape rules (Wan: height/width multiple of 16, 1 + 4k frames; LTX: 1 + 8k frames) while leaving
@@ -146,17 +146,7 @@ def make_wan_i2v(dual: bool = False):
         torch.manual_seed(1)
         transformer = _wan_transformer(in_channels=36, image_dim=4)
         torch.manual_seed(4)
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=4,
-                projection_dim=4,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=32,
-                intermediate_size=16,
-                patch_size=8,
-            )
-        ).eval()
+        image_encoder = _tiny_clip_vision()
         image_processor = CLIPImageProcessor(crop_size=32, size=32)
     torch.manual_seed(3)
     vae = _wan_vae()
@@ -173,6 +163,19 @@ def make_wan_i2v(dual: bool = False):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _tiny_clip_vision() -> CLIPVisionModelWithProjection:
+    config = CLIPVisionConfig(
+        hidden_size=4,
+        projection_dim=4,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        intermediate_size=16,
+        patch_size=8,
+    )
+    return CLIPVisionModelWithProjection(config).eval()
 
 
 def tiny_image(seed: int = 0, size: int = 32):
@@ -193,6 +196,550 @@ def wan_call_kwargs(**overrides) -> dict:
         num_frames=5,
         num_inference_steps=2,
         guidance_scale=1.0,
+        output_type="latent",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _wan_vace_transformer() -> torch.nn.Module:
+    from diffusers import WanVACETransformer3DModel
+
+    return WanVACETransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        vace_layers=[0, 1],
+        vace_in_channels=96,  # 2 × 16 latent channels + 8 × 8 mask channels
+    ).eval()
+
+
+def make_wan_vace(dual: bool = False):
+    """WanVACEPipeline: two main blocks and two VACE control blocks; ``dual``: Wan 2.2 (``transformer_2``)."""
+    from diffusers import WanVACEPipeline
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(tokenizer.vocab_size)
+    torch.manual_seed(1)
+    transformer = _wan_vace_transformer()
+    transformer_2 = None
+    if dual:
+        torch.manual_seed(2)
+        transformer_2 = _wan_vace_transformer()
+    torch.manual_seed(3)
+    vae = _wan_vae()
+    pipe = WanVACEPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=_wan_scheduler(),
+        transformer=transformer,
+        transformer_2=transformer_2,
+        boundary_ratio=0.9 if dual else None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_video(frames: int = 5, size: int = 32) -> list:
+    """Deterministic random RGB frames (a control or source video)."""
+    return [tiny_image(seed, size) for seed in range(frames)]
+
+
+def _t5_encoder_for_512(vocab_size: int) -> T5EncoderModel:
+    """The T5 encoder with its output ×4: the few tokens of a test prompt then weigh enough against the 512 − n
+    padding tokens of the processors that need 512 text tokens (Wan-style image context) for NAG to show."""
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(vocab_size)
+    with torch.no_grad():
+        text_encoder.encoder.final_layer_norm.weight.mul_(4.0)
+    return text_encoder
+
+
+def make_wan_animate():
+    """WanAnimatePipeline: two Wan blocks whose ``attn2`` also attends to CLIP image tokens through its own K/V
+    projections (``added_kv_proj_dim``, as in the released model), one face-adapter block, a tiny motion encoder."""
+    from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
+
+    tokenizer = tiny_tokenizer()
+    text_encoder = _t5_encoder_for_512(tokenizer.vocab_size)
+    torch.manual_seed(1)
+    transformer = WanAnimateTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36,
+        latent_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        image_dim=4,
+        added_kv_proj_dim=24,
+        rope_max_seq_len=32,
+        motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16},
+        motion_encoder_size=16,
+        motion_style_dim=8,
+        motion_dim=4,
+        motion_encoder_dim=16,
+        face_encoder_hidden_dim=16,
+        face_encoder_num_heads=2,
+        inject_face_latents_blocks=2,
+    ).eval()
+    torch.manual_seed(3)
+    vae = _wan_vae()
+    torch.manual_seed(4)
+    pipe = WanAnimatePipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=_wan_scheduler(),
+        image_encoder=_tiny_clip_vision(),
+        image_processor=CLIPImageProcessor(crop_size=32, size=32),
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def wan_animate_call_kwargs(**overrides) -> dict:
+    """``wan_call_kwargs`` with a reference image, 5 pose frames and 5 face frames (the motion encoder's 16 px) in
+    one 5-frame segment; the frame count comes from the pose video."""
+    kwargs = dict(
+        image=tiny_image(),
+        pose_video=tiny_video(),
+        face_video=tiny_video(size=16),
+        mode="animate",
+        segment_frame_length=5,
+        prev_segment_conditioning_frames=1,
+        **wan_call_kwargs(),
+    )
+    del kwargs["num_frames"]
+    kwargs.update(overrides)
+    return kwargs
+
+
+def chronoedit_call_kwargs(**overrides) -> dict:
+    """``wan_call_kwargs`` with the input image (the pipeline makes 5 frames without temporal reasoning)."""
+    return {"image": tiny_image(), **wan_call_kwargs(**overrides)}
+
+
+def make_chronoedit():
+    """ChronoEditPipeline: a Wan I2V transformer whose ``attn2`` attends to 17 CLIP image tokens through their own
+    K/V projections and to the 512 text tokens."""
+    from diffusers import ChronoEditPipeline, ChronoEditTransformer3DModel
+
+    tokenizer = tiny_tokenizer()
+    text_encoder = _t5_encoder_for_512(tokenizer.vocab_size)
+    torch.manual_seed(1)
+    transformer = ChronoEditTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        image_dim=4,
+        added_kv_proj_dim=24,
+    ).eval()
+    torch.manual_seed(3)
+    vae = _wan_vae()
+    torch.manual_seed(4)
+    pipe = ChronoEditPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        image_encoder=_tiny_clip_vision(),
+        image_processor=CLIPImageProcessor(crop_size=32, size=32),
+        transformer=transformer,
+        vae=vae,
+        scheduler=_wan_scheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# --------------------------------------------------------------------------------------------- SkyReels-V2
+
+SKYREELS_V2 = {
+    "t2v": "SkyReelsV2Pipeline",
+    "i2v": "SkyReelsV2ImageToVideoPipeline",
+    "df": "SkyReelsV2DiffusionForcingPipeline",
+    "df-i2v": "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+    "df-v2v": "SkyReelsV2DiffusionForcingVideoToVideoPipeline",
+}
+"""The SkyReels-V2 pipelines by kind: text-, image-to-video and their diffusion-forcing variants."""
+
+
+def make_skyreels_v2(kind: str = "t2v"):
+    """A SkyReels-V2 pipeline (``kind``: a key of ``SKYREELS_V2``) on a two-block Wan-like transformer. Only the
+    I2V pipeline has a CLIP image encoder (its image tokens come before the text in ``attn2``); the
+    diffusion-forcing ones condition on the image or video through the latent frames."""
+    import diffusers
+    from diffusers import SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    i2v = kind == "i2v"
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(tokenizer.vocab_size)
+    torch.manual_seed(1)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36 if i2v else 16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        image_dim=4 if i2v else None,
+    ).eval()
+    torch.manual_seed(3)
+    components = dict(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        transformer=transformer,
+        vae=_wan_vae(),
+        scheduler=UniPCMultistepScheduler(flow_shift=8.0, use_flow_sigmas=True, prediction_type="flow_prediction"),
+    )
+    if i2v:
+        torch.manual_seed(4)
+        components["image_encoder"] = _tiny_clip_vision()
+        components["image_processor"] = CLIPImageProcessor(crop_size=32, size=32)
+    pipe = getattr(diffusers, SKYREELS_V2[kind])(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# --------------------------------------------------------------------------------------------- Allegro
+
+
+def make_allegro():
+    """AllegroPipeline: one PixArt-like block (``attn2`` over the projected T5 text, with its padding mask)."""
+    from diffusers import AllegroPipeline, AllegroTransformer3DModel, AutoencoderKLAllegro, DDIMScheduler
+
+    tokenizer = tiny_tokenizer(model_max_length=128)
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(tokenizer.vocab_size, d_model=24)
+    torch.manual_seed(1)
+    transformer = AllegroTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        cross_attention_dim=24,
+        sample_width=8,
+        sample_height=8,
+        sample_frames=8,
+        caption_channels=24,
+    ).eval()
+    torch.manual_seed(3)
+    vae = AutoencoderKLAllegro(
+        down_block_types=("AllegroDownBlock3D",) * 4,
+        up_block_types=("AllegroUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    ).eval()
+    pipe = AllegroPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DDIMScheduler(clip_sample=False),  # unclipped: NAG's effect stays visible in the output
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def allegro_call_kwargs(**overrides) -> dict:
+    """2 steps, 32×32, 5 frames → latents 2×4×4 → 32 video tokens; prompts padded to 16 tokens."""
+    kwargs = dict(
+        height=32,
+        width=32,
+        num_frames=5,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        max_sequence_length=16,
+        clean_caption=False,
+        output_type="latent",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------- Latte
+
+
+def make_latte():
+    """LattePipeline: two spatial blocks (``attn2`` over the projected T5 text, run per frame: the frames are
+    folded into the batch) and two temporal blocks (no text)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, LattePipeline, LatteTransformer3DModel
+
+    tokenizer = tiny_tokenizer(model_max_length=128)
+    torch.manual_seed(0)
+    text_encoder = _t5_encoder(tokenizer.vocab_size)
+    torch.manual_seed(1)
+    transformer = LatteTransformer3DModel(
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        video_length=3,  # the temporal position table's length
+    ).eval()
+    torch.manual_seed(3)
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=2, latent_channels=4).eval()
+    pipe = LattePipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DDIMScheduler(clip_sample=False),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def latte_call_kwargs(**overrides) -> dict:
+    """2 steps, 8×8 latents (the VAE does not downsample), 3 frames → 16 tokens per frame; prompts are cut to their
+    longest real length by the pipeline (``mask_feature``), from at most 16 tokens."""
+    kwargs = dict(
+        height=8,
+        width=8,
+        video_length=3,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        clean_caption=False,
+        output_type="latent",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------- Sana-Video
+
+
+def make_sana_video(i2v: bool = False):
+    """SanaVideoPipeline (or, with ``i2v``, SanaImageToVideoPipeline): two linear-attention blocks whose ``attn2``
+    attends to the Gemma-2 text with its padding mask; the Wan VAE."""
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        SanaImageToVideoPipeline,
+        SanaVideoPipeline,
+        SanaVideoTransformer3DModel,
+    )
+    from transformers import Gemma2Config, Gemma2Model
+
+    tokenizer = tiny_tokenizer(model_max_length=32)
+    torch.manual_seed(0)
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            head_dim=16,
+            hidden_size=8,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            num_key_value_heads=2,
+            vocab_size=tokenizer.vocab_size,
+            pad_token_id=0,
+        )
+    ).eval()
+    torch.manual_seed(1)
+    transformer = SanaVideoTransformer3DModel(
+        in_channels=16,
+        out_channels=16,
+        num_attention_heads=2,
+        attention_head_dim=12,
+        num_layers=2,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=12,
+        cross_attention_dim=24,
+        caption_channels=8,
+        mlp_ratio=2.5,
+        attention_bias=False,
+        sample_size=8,
+        patch_size=(1, 2, 2),
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ).eval()
+    torch.manual_seed(3)
+    pipeline = SanaImageToVideoPipeline if i2v else SanaVideoPipeline
+    pipe = pipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_wan_vae(),
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=8.0),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sana_video_call_kwargs(**overrides) -> dict:
+    """2 steps, 32×32, 5 frames → latents 2×4×4 → 8 video tokens per sample; prompts padded to 16 tokens, no
+    instruction prefix."""
+    kwargs = dict(
+        height=32,
+        width=32,
+        frames=5,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        max_sequence_length=16,
+        complex_human_instruction=[],
+        use_resolution_binning=False,
+        output_type="latent",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------- Text-to-video SD
+
+
+def make_text_to_video_sd(v2v: bool = False):
+    """TextToVideoSDPipeline (or, with ``v2v``, VideoToVideoSDPipeline): a two-level UNet3DConditionModel whose
+    spatial transformers' ``attn2`` attend to the CLIP text, per frame (the frames are folded into the batch); its
+    temporal transformers attend over frames only."""
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        TextToVideoSDPipeline,
+        UNet3DConditionModel,
+        VideoToVideoSDPipeline,
+    )
+
+    from nag_guidance.testing.image import _clip_text, _sd_vae, clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    text_encoder = _clip_text(tokenizer)
+    torch.manual_seed(1)
+    unet = UNet3DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=4,
+        in_channels=4,
+        out_channels=4,
+        sample_size=8,
+    ).eval()
+    pipeline = VideoToVideoSDPipeline if v2v else TextToVideoSDPipeline
+    pipe = pipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_sd_vae(),
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler(),  # ModelScope's
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def text_to_video_sd_call_kwargs(**overrides) -> dict:
+    """2 steps, 16×16, 3 frames → latents 8×8 per frame; the video-to-video pipeline takes ``video`` and
+    ``strength`` instead of the size and frame count."""
+    kwargs = dict(height=16, width=16, num_frames=3, num_inference_steps=2, guidance_scale=1.0, output_type="latent")
+    kwargs.update(overrides)
+    return kwargs
+
+
+def make_i2vgen_xl():
+    """I2VGenXLPipeline: a two-level I2VGenXLUNet (spatial ``attn2`` over [CLIP text | image-latent tokens | image
+    tokens], per frame), a CLIP text and a CLIP image encoder."""
+    from diffusers import DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
+
+    from nag_guidance.testing.image import _clip_text, _sd_vae, clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    text_encoder = _clip_text(tokenizer)
+    torch.manual_seed(1)
+    unet = I2VGenXLUNet(
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+    ).eval()
+    torch.manual_seed(4)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=8,
+            projection_dim=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=224,  # the pipeline resizes the image to 224² for CLIP
+            intermediate_size=16,
+            patch_size=32,
+        )
+    ).eval()
+    pipe = I2VGenXLPipeline(
+        vae=_sd_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        image_encoder=image_encoder,
+        feature_extractor=CLIPImageProcessor(crop_size=224, size=224),
+        unet=unet,
+        scheduler=DDIMScheduler(clip_sample=False),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def i2vgen_xl_call_kwargs(**overrides) -> dict:
+    """2 steps, 16×16, 3 frames → latents 8×8 per frame, from one input image. ``clip_skip=None``: the pipeline's
+    default (1) reads ``text_encoder.text_model``, which transformers' CLIPTextModel no longer has."""
+    kwargs = dict(
+        image=tiny_image(),
+        height=16,
+        width=16,
+        num_frames=3,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        clip_skip=None,
         output_type="latent",
     )
     kwargs.update(overrides)
