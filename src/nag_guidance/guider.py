@@ -312,7 +312,7 @@ class NormalizedAttentionGuidance(BaseGuidance):
         set_state gives); the family says whether its schedulers are flow-matching or discrete."""
         if self._num_inference_steps is None:
             return True
-        t = None if self._timestep is None else float(torch.as_tensor(self._timestep).reshape(-1)[0])
+        t = None if self._timestep is None else float(torch.as_tensor(self._timestep).max())  # per-frame: the noisiest
         inside = window_guides(self.nag, t, self._step, self._num_inference_steps, Schedule(flow=family.flow))
         return True if inside is None else inside
 
