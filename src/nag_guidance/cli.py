@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nag_guidance import __version__
+from nag_guidance.eval.seeds import REPORTING_SEED_START, TUNING_SEED_START
 
 app = typer.Typer(
     help="Normalized Attention Guidance (NAG) for diffusers pipelines.",
@@ -259,6 +260,15 @@ def evaluate(
         ),
     ] = None,
     seeds: Annotated[int, Opt(help="Samples per prompt/negative pair and condition.", min=1, max=1000)] = 32,
+    seed_start: Annotated[
+        int,
+        Opt(
+            help=f"First seed. Default {REPORTING_SEED_START}, the reporting range: the sweeps that chose the "
+            f"presets use seeds {TUNING_SEED_START}-{REPORTING_SEED_START - 1}, so a results page never reports on "
+            "the seeds it was tuned on.",
+            min=0,
+        ),
+    ] = REPORTING_SEED_START,
     docs: Annotated[Path | None, Opt(help="Also write the results page and figures into this folder.")] = None,
     device: Annotated[str, Opt(help="torch device.")] = "cpu",
     model: Annotated[
@@ -300,7 +310,7 @@ def evaluate(
     with user_errors(), _progress() as bar:
         task = bar.add_task("eval", total=None)
         records = runner.run(
-            out, quick=quick, kinds=kind_list, seeds=seeds, device=device, model=embedded,
+            out, quick=quick, kinds=kind_list, seeds=seeds, device=device, model=embedded, seed_start=seed_start,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )  # fmt: skip
     from nag_guidance.batch import process_state

@@ -26,7 +26,7 @@ import torch
 
 from nag_guidance.config import get_preset
 from nag_guidance.eval import sweep
-from nag_guidance.eval.suite import KINDS, Condition
+from nag_guidance.eval.suite import KINDS, TUNING_SEED_START, Condition
 from nag_guidance.functional import guidance_ratio
 
 RELATIVE_TAUS = (0.35, 0.5, 0.75, 1.0)
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/options"))
     parser.add_argument("--flux-out", type=Path, help="with --page: the tiny-flux records, for its section")
     parser.add_argument("--page", type=Path, help="write the page from the records instead of measuring")
+    parser.add_argument("--seed-start", type=int, default=TUNING_SEED_START, help="first seed (default: tuning)")
     args = parser.parse_args(argv)
     if args.page is not None:
         folders = {"tiny": args.out, **({"tiny-flux": args.flux_out} if args.flux_out else {})}
@@ -159,8 +160,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    coarse = sweep.measure(conditions(args.model), KINDS, sweep.COARSE_SEEDS, args.out / "stage1.jsonl")
-    sweep.measure(confirmation(args.model, coarse), KINDS, sweep.FINAL_SEEDS, args.out / "stage2.jsonl")
+    coarse = sweep.measure(
+        conditions(args.model), KINDS, sweep.COARSE_SEEDS, args.out / "stage1.jsonl", args.seed_start
+    )
+    sweep.measure(
+        confirmation(args.model, coarse), KINDS, sweep.FINAL_SEEDS, args.out / "stage2.jsonl", args.seed_start
+    )
 
 
 if __name__ == "__main__":
