@@ -278,8 +278,17 @@ def evaluate(
     clip_model: Annotated[Path | None, Opt(help="Local CLIP checkpoint folder for --model scores.")] = None,
     pairs: Annotated[Path | None, Opt(help="File of 'prompt<TAB>negative' lines for --model.")] = None,
     steps: Annotated[
-        int | None, Opt(help="Steps for --model, 1 to 1000 (default: its preset).", min=1, max=1000)
+        int | None,
+        Opt(
+            help="Steps for --model, 1 to 1000 (default: its preset); on an embedded model, only its conditions "
+            "with that many student steps (1, 2 or 4).",
+            min=1,
+            max=1000,
+        ),
     ] = None,
+    compare: Annotated[
+        bool, Opt(help="Embedded models: the method comparison only (no parameter sweeps, no 25-step teacher).")
+    ] = False,
 ) -> None:
     """Measure NAG vs CFG vs nothing: on the embedded model (suppression, adherence, collapse, fidelity), or on
     your --model with local CLIP scores."""
@@ -311,6 +320,7 @@ def evaluate(
         task = bar.add_task("eval", total=None)
         records = runner.run(
             out, quick=quick, kinds=kind_list, seeds=seeds, device=device, model=embedded, seed_start=seed_start,
+            compare=compare, steps=steps,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )  # fmt: skip
     from nag_guidance.batch import process_state

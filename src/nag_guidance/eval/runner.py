@@ -100,10 +100,10 @@ class Evaluator:
                 )
             if condition.method == "vsf":
                 out = self._vsf_images(condition, prompts[chunk], negatives[chunk], kwargs)
-            elif condition.tau_mode == "relative":
-                from nag_guidance.eval.options import relative_tau
+            elif condition.tau_mode == "relative" or condition.operator != "paper":
+                from nag_guidance.eval.options import swapped_operator
 
-                with relative_tau():
+                with swapped_operator("relative" if condition.tau_mode == "relative" else condition.operator):
                     out = pipe(prompts[chunk], **kwargs).images
             else:
                 out = pipe(prompts[chunk], **kwargs).images
@@ -206,12 +206,25 @@ def unbits(text: str) -> np.ndarray:
 
 
 def items(
-    quick: bool, kinds: tuple[str, ...], seeds: int, model: str = "tiny", seed_start: int = REPORTING_SEED_START
+    quick: bool,
+    kinds: tuple[str, ...],
+    seeds: int,
+    model: str = "tiny",
+    seed_start: int = REPORTING_SEED_START,
+    compare: bool = False,
+    steps: int | None = None,
 ) -> list[batch.Item]:
     """One item per (condition, kind): sweeps on the core kinds only, the method comparison on every kind; the
-    25-step teacher only on the first kind (it costs ~6x per item)."""
+    25-step teacher only on the first kind (it costs ~6x per item). ``compare``: the method comparison only (no
+    parameter sweeps, no teacher); ``steps``: that student step count only."""
     seed_list(seeds, seed_start)  # refuses a range that straddles the tuning and reporting ranges
     suite = flux_conditions(quick) if model == "tiny-flux" else conditions(quick)
+    if compare:
+        suite = [c for c in suite if compared(c) and c.unet == "student"]
+    if steps is not None:
+        suite = [c for c in suite if c.steps == steps]
+        if not suite:
+            raise ValueError(f"the embedded model's suite has no {steps}-step conditions (1, 2 or 4)")
     chosen = [
         (c, k) for c in suite for k in kinds if (c.unet == "student" or k == kinds[0]) and (k in KINDS or compared(c))
     ]
@@ -232,6 +245,8 @@ def run(
     progress: Callable[[int, int], None] | None = None,
     model: str = "tiny",
     seed_start: int = REPORTING_SEED_START,
+    compare: bool = False,
+    steps: int | None = None,
 ) -> list[dict]:
     """Run (or resume) the evaluation of embedded ``model`` into ``out``; returns every item's record, ordered."""
     evaluator = Evaluator(device=device)
@@ -250,7 +265,7 @@ def run(
                 "pair": {"prompt": suite[0].prompt, "negative": suite[0].negative},
                 "quick": item.payload["quick"]}  # fmt: skip
 
-    todo = items(quick, kinds, seeds, model, seed_start)
+    todo = items(quick, kinds, seeds, model, seed_start, compare, steps)
     batch.run_items(todo, out, work, progress=progress, device=device)
     return batch.read_manifest(out, {item.key for item in todo})
 

@@ -165,6 +165,7 @@ class Condition:
     pooled: str | None = None
     end: float = 1.0  # NAG's window end (a fraction of the schedule)
     tau_mode: str = "fixed"  # "relative": τ times the layer's median per-token ratio (``eval.options``)
+    operator: str = "paper"  # an evaluation-only candidate operator of ``eval.options.OPERATORS``
 
     @property
     def label(self) -> str:
@@ -177,6 +178,8 @@ class Condition:
             tau = "inf" if math.isinf(self.tau) else f"{self.tau:g}"
             tau += "×median r" if self.tau_mode == "relative" else ""
             parts.append(f"s={self.scale:g} τ={tau} α={self.alpha:g}")
+        if self.operator != "paper":
+            parts.append(f"op={self.operator}")
         if self.end < 1.0:
             parts.append(f"end={self.end:g}")
         if self.pooled is not None:
