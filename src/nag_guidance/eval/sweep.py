@@ -205,6 +205,32 @@ def pair_rates(seeds: int = 64, seed_start: int = TUNING_SEED_START) -> list[dic
     return sorted(rows, key=lambda row: -row["negative_rate"])
 
 
+MAIN_JOB = ("a orange shape", "square")
+"""The README's main job: the core pair the unguided model shows its negative most often (``--pair-rates``)."""
+MAIN_JOB_CFG = 5.0  # the CFG scale of `nag generate --grid`
+
+
+def main_job_rates(seeds: int = 64, seed_start: int = REPORTING_SEED_START) -> list[dict]:
+    """The main job's rates on reporting seeds, for its grid's caption: stock, CFG at the grid's scale and NAG
+    at the ``tiny`` preset, 4 steps."""
+    from nag_guidance.config import get_preset
+    from nag_guidance.eval.runner import Evaluator
+
+    pair = next(p for kind in KINDS for p in pairs((kind,)) if (p.prompt, p.negative) == MAIN_JOB)
+    preset = get_preset("tiny").config
+    chosen = [
+        Condition("none", 4),
+        Condition("cfg", 4, cfg_scale=MAIN_JOB_CFG),
+        Condition("nag", 4, scale=preset.scale, tau=preset.tau, alpha=preset.alpha),
+    ]
+    evaluator = Evaluator()
+    rows = []
+    for condition in chosen:
+        result, _ = evaluator.measure(condition, pair.kind, [pair], seed_list(seeds, seed_start))
+        rows.append({"label": condition.label, **result})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
@@ -212,7 +238,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pair-rates", action="store_true", help="print each core pair's unguided negative rate")
     parser.add_argument("--model", default="tiny", choices=("tiny", "tiny-flux"), help="the embedded model")
     parser.add_argument("--seed-start", type=int, default=TUNING_SEED_START, help="first seed (default: tuning)")
+    parser.add_argument(
+        "--main-job", action="store_true", help="print the main job's rates on 64 reporting seeds (its caption)"
+    )
     args = parser.parse_args(argv)
+    if args.main_job:
+        rows = main_job_rates()
+        print(f"{MAIN_JOB[0]!r} − {MAIN_JOB[1]!r}, 4 steps, seeds {seeds_of(rows)}:")
+        for r in rows:
+            print(
+                f"{r['label']:>22}: negative {100 * r['negative_rate']:.1f} % "
+                f"[{100 * r['negative_rate_low']:.1f}, {100 * r['negative_rate_high']:.1f}], adherence "
+                f"{100 * r['adherence']:.1f} %, clean {100 * r['clean']:.1f} %"
+            )
+        return
     coarse_path, final_path = args.out / "stage1.jsonl", args.out / "stage2.jsonl"
     if args.pair_rates:
         for row in pair_rates(seed_start=args.seed_start):
