@@ -377,6 +377,10 @@ def main(argv: list[str] | None = None) -> None:
         "--search", default="tau", choices=("tau", "luminance", "cfg"),
         help="relative τ (default), the luminance candidates, or NAG's scale under CFG",
     )  # fmt: skip
+    parser.add_argument(
+        "--luminance-seeds", type=lambda t: tuple(int(x) for x in t.split(",")), default=LUMINANCE_SEEDS,
+        help="seeds per pair for the luminance search's two stages, e.g. 8,16 (the default)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.search != "tau":
         _other_search(args)
@@ -415,13 +419,17 @@ def _other_search(args: argparse.Namespace) -> None:
         torch.set_num_threads(1)
         args.out.mkdir(parents=True, exist_ok=True)
         coarse = sweep.measure(
-            luminance_conditions(args.model), ALL_KINDS, LUMINANCE_SEEDS[0], args.out / "stage1.jsonl", args.seed_start
+            luminance_conditions(args.model),
+            ALL_KINDS,
+            args.luminance_seeds[0],
+            args.out / "stage1.jsonl",
+            args.seed_start,
         )
         best = best_luminance(coarse, args.model)
         chosen = [c for c in luminance_conditions(args.model)[:2]] + [
             c for c in luminance_conditions(args.model) if c.label == best
         ]
-        sweep.measure(chosen, ALL_KINDS, LUMINANCE_SEEDS[1], args.out / "stage2.jsonl", REPORTING_SEED_START)
+        sweep.measure(chosen, ALL_KINDS, args.luminance_seeds[1], args.out / "stage2.jsonl", REPORTING_SEED_START)
         return
     if args.page is not None:
         sections = {m: sweep.read(f / "cfg.jsonl") for m, f in folders.items()}

@@ -42,8 +42,13 @@ def _interval(r: dict, name: str, percent: bool = True, digits: int = 1) -> str:
     k = 100 if percent else 1
     text = f"{k * value:.{digits}f}"
     if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+        if name in RATES:  # a share: its interval stops at 0 and 100 %
+            low, high = max(low, 0.0), min(high, 1.0)
         text += f" [{k * low:.{digits}f}, {k * high:.{digits}f}]"
     return text
+
+
+RATES = ("negative_rate", "adherence")
 
 
 def _negative(r: dict) -> str:
@@ -192,7 +197,8 @@ def per_pair(records: list[dict], kind: str, unet: str = "student", steps: int =
     chosen = [r for r in chosen if len(r["result"]["cells"]["negative"]) == len(suite) * count]
     labels = [r["condition"]["label"] for r in chosen]
     lines = [
-        f"### {kind}, pair by pair: negative % / adherence % ({unet}, {steps} steps, {count} seeds per pair)",
+        f"### {kind}, pair by pair: negative % / adherence % ({unet}, {steps} step{'s' if steps > 1 else ''}, "
+        f"{count} seeds per pair)",
         "",
         "| prompt | negative | " + " | ".join(labels) + " |",
         "|---|---|" + "---|" * len(labels),
@@ -201,7 +207,7 @@ def per_pair(records: list[dict], kind: str, unet: str = "student", steps: int =
     for i, pair in enumerate(suite):
         rows = slice(i * count, (i + 1) * count)
         cells = [f"{100 * neg[rows].mean():.0f} / {100 * adh[rows].mean():.0f}" for neg, adh in columns]
-        shown = "— (inert)" if not pair.avoid else f"`{pair.negative}`"
+        shown = f"`{pair.negative}`" + ("" if pair.avoid else " (inert)")
         lines.append(f"| `{pair.prompt}` | {shown} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -246,7 +252,8 @@ def markdown(records: list[dict], command: str, figures: dict[str, str]) -> str:
         "shape colours that are palette colours at all (collapse detector); **entropy** = bits of the attribute's "
         "distribution (collapse detector); **clean** = flat colours and sharp edges per the checker; **FD** = "
         "Fréchet distance of classifier features to real images of the prompt without the negative's value "
-        "(lower = better fidelity). Brackets are 95 % intervals, two-way cluster-robust over prompts and seeds "
+        "(lower = better fidelity). Brackets are 95 % intervals (of a share: cut at 0 and 100), two-way "
+        "cluster-robust over prompts and seeds "
         "(`nag_guidance/eval/stats.py`): the pairs of a kind share their seeds and prompts, so the binomial "
         "error of independent samples would be too small.",
         "",
