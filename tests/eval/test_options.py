@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nag_guidance.eval import options
+from nag_guidance.eval import options, sweep
 from nag_guidance.eval.suite import KINDS, Condition
 from nag_guidance.functional import guidance_ratio, normalized_attention_guidance_
 from nag_guidance.integration import state
@@ -113,3 +113,20 @@ def test_the_luminance_verdict_needs_a_win_there_and_no_loss_elsewhere():
     same = [_cell_records(candidate, "luminance", 0.1, 0.7), _cell_records(candidate, "colour", 0.05, 0.9)]
     wins, reasons = options.luminance_verdict(records + same, candidate, preset)
     assert not wins and "not above the preset's" in reasons[0]
+
+
+def test_stage_one_picks_by_the_rule_not_by_luminance_alone():
+    preset = options.preset_condition("tiny").label
+    greedy, balanced = (c.label for c in options.luminance_conditions("tiny")[2:4])
+    kinds = ("luminance", "colour")
+    rows = [("none", 0.4, 0.9, 0.4, 0.9), (preset, 0.2, 0.8, 0.1, 0.9)]
+    rows += [(greedy, 0.2, 0.9, 0.4, 0.9), (balanced, 0.2, 0.85, 0.1, 0.9)]  # greedy loses all colour suppression
+    records = [
+        {"label": label, "kind": kind, "negative_rate": neg, "adherence": adh, "clean": 0.5}
+        for label, ln, la, cn, ca in rows
+        for kind, neg, adh in (("luminance", ln, la), ("colour", cn, ca))
+    ]
+    assert {r["kind"] for r in records} == set(kinds)
+    table = sweep.changes(records)
+    assert options.rule_margin(table, greedy, preset) < 0 < options.rule_margin(table, balanced, preset)
+    assert options.best_luminance(records, "tiny") == balanced

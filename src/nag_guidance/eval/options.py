@@ -282,11 +282,28 @@ def luminance_verdict(records: list[dict], candidate: str, preset: str) -> tuple
     return ok, reasons
 
 
+def rule_margin(table: dict, candidate: str, preset: str) -> float:
+    """How far a candidate is from the win rule, from point values (> 0: it meets it): the smallest of its
+    luminance adherence gain over the preset and, on every kind, its suppression and adherence change against
+    the preset's plus the 1 point allowed (luminance adherence counts as the gain only)."""
+    margins = [table[candidate]["luminance"]["adherence"] - table[preset]["luminance"]["adherence"]]
+    for kind, c in table[candidate].items():
+        p = table[preset].get(kind)
+        if p is None:
+            continue
+        if c["suppression"] is not None and p["suppression"] is not None:
+            margins.append(c["suppression"] - p["suppression"] + 0.01)
+        if kind != "luminance":
+            margins.append(c["adherence"] - p["adherence"] + 0.01)
+    return min(margins)
+
+
 def best_luminance(records: list[dict], model: str) -> str:
-    """Stage 1's best candidate: the largest luminance adherence change."""
+    """Stage 1's best candidate: the largest ``rule_margin`` against the preset."""
     table = sweep.changes(records)
+    preset = preset_condition(model).label
     labels = [c.label for c in luminance_conditions(model)[2:] if c.label in table]
-    return max(labels, key=lambda label: table[label]["luminance"]["adherence"])
+    return max(labels, key=lambda label: rule_margin(table, label, preset))
 
 
 def _full_table(table: dict, kinds: tuple[str, ...]) -> list[str]:
@@ -306,7 +323,9 @@ def luminance_page(sections: dict[str, tuple[list[dict], list[dict]]], command: 
         "The failure (`luminance` kind of `nag eval`): a white or black negative against the opposite background,",
         "or a colour triple with white or black, fades the subject. Stage 1 measures each candidate operator at the",
         "model's preset (s, τ, α) on tuning seeds; stage 2 re-measures the best one and the paper's operator on",
-        "reporting seeds. The rule: a candidate wins if its luminance adherence is above the paper operator's (paired",
+        "reporting seeds (the best: the largest stage-1 rule margin, the smallest of its luminance adherence gain and",
+        "of its suppression and adherence changes against the paper's operator plus 1 point on every kind).",
+        "The rule: a candidate wins if its luminance adherence is above the paper operator's (paired",
         "95 % interval, cluster-robust over prompts and seeds, above 0) and it loses no more than 1 point of",
         "suppression or adherence on any other kind. Cells: suppression % / adherence change / clean-rate change",
         "(points) against unguided, 4 steps.",
@@ -321,12 +340,20 @@ def luminance_page(sections: dict[str, tuple[list[dict], list[dict]]], command: 
         best = best_luminance(coarse, model)
         kinds = tuple(k for k in ALL_KINDS if any(r["kind"] == k for r in final))
         wins, reasons = luminance_verdict(final, best, preset)
+        table = sweep.changes(coarse)
+        margins = ", ".join(
+            f"{c.label.split('op=')[1]} {100 * rule_margin(table, c.label, preset):+.1f}"
+            for c in luminance_conditions(model)[2:]
+            if c.label in table
+        )
         lines += [
             f"## `{model}`",
             "",
             f"Stage 1, {sweep.seeds_of(coarse)}:",
             "",
             *_full_table(sweep.complete(sweep.changes(coarse)), kinds),
+            "",
+            f"Stage 1 rule margins (points; > 0 meets the rule on point values): {margins}. Best: {best}.",
             "",
             f"Stage 2, {sweep.seeds_of(final)}:",
             "",
