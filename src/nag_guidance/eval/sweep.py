@@ -86,11 +86,17 @@ def changes(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
         if r["label"] == "none" or base is None:
             continue
         suppression = 1.0 - r["negative_rate"] / base["negative_rate"] if base["negative_rate"] > 0 else None
-        table.setdefault(r["label"], {})[r["kind"]] = {
-            "suppression": suppression,
-            "adherence": r["adherence"] - base["adherence"],
-            "clean": r["clean"] - base["clean"],
-        }
+        adherence, clean = r["adherence"] - base["adherence"], r["clean"] - base["clean"]
+        cells, base_cells = r.get("cells"), base.get("cells")
+        if cells and base_cells and len(cells["adherent"]) == len(base_cells["adherent"]):
+            # row by row (pair, seed): where prompts have unequal numbers of pairs, the distinct-image mean of
+            # the unguided images weights them differently from the guided rows
+            from nag_guidance.eval.runner import unbits
+
+            adherence = float(unbits(cells["adherent"]).mean() - unbits(base_cells["adherent"]).mean())
+            clean = float(unbits(cells["clean"]).mean() - unbits(base_cells["clean"]).mean())
+        table.setdefault(r["label"], {})[r["kind"]] = {"suppression": suppression, "adherence": adherence,
+                                                       "clean": clean}  # fmt: skip
     return table
 
 
