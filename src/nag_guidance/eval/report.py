@@ -245,7 +245,8 @@ def markdown(records: list[dict], command: str, figures: dict[str, str]) -> str:
         "Columns: **images** = distinct images behind the row (an unguided image depends on its prompt and seed "
         "only: it is generated and counted once and read against every negative of its prompt); **negative** = "
         'share of (pair, seed) readings showing the negative — a bare colour ("red") counts wherever it '
-        "appears, shape or background, and the parentheses split it (shape / background only); a negative that "
+        "appears, shape or background, and the parentheses split it (on the shape / on the background; one "
+        "image can show it on both); a negative that "
         'names its slot ("red background") counts there only; **suppression** = 1 − negative/negative(none) at '
         "the same model, steps and seeds; **adherence** = the prompt's own attributes read right; **Δ adherence** "
         "and **Δ clean** = the change against unguided on the same prompts and seeds (points); **on-palette** = "
