@@ -56,7 +56,7 @@ def test_kinds_whose_pairs_differ_get_a_row_per_pair_and_intervals_stay_inside_0
     page = report.markdown(records, "nag eval", {})
     assert "### luminance, pair by pair" in page
     first = suite[0]
-    assert f"| `{first.prompt}` | `{first.negative}` | 100 / 100 | 50 / 100 |" in page
-    assert f"| `{suite[1].prompt}` | `{suite[1].negative}` | 0 / 100 | 0 / 100 |" in page
+    assert f"| `{first.prompt}` | `{first.negative}` | 100 (100) / 100 | 50 (50) / 100 |" in page
+    assert f"| `{suite[1].prompt}` | `{suite[1].negative}` | 0 (0) / 100 | 0 (0) / 100 |" in page
     assert "90.0 [0.0, 100.0]" in page  # a share's interval is cut at 0 and 100
     assert "Seeds: 1000–1001 (reporting range)" in page

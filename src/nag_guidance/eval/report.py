@@ -179,6 +179,9 @@ def _row(r: dict) -> str:
     )
 
 
+CELL_COLUMNS = ("negative", "named", "adherent")
+
+
 def per_pair(records: list[dict], kind: str, unet: str = "student", steps: int = 4) -> list[str]:
     """One row per pair of ``kind``: each compared condition's negative rate / adherence on that pair alone
     (the kind's rows average pairs that can behave oppositely)."""
@@ -197,16 +200,23 @@ def per_pair(records: list[dict], kind: str, unet: str = "student", steps: int =
     chosen = [r for r in chosen if len(r["result"]["cells"]["negative"]) == len(suite) * count]
     labels = [r["condition"]["label"] for r in chosen]
     lines = [
-        f"### {kind}, pair by pair: negative % / adherence % ({unet}, {steps} step{'s' if steps > 1 else ''}, "
+        f"### {kind}, pair by pair: negative % (on the shape) / adherence % ({unet}, "
+        f"{steps} step{'s' if steps > 1 else ''}, "
         f"{count} seeds per pair)",
         "",
         "| prompt | negative | " + " | ".join(labels) + " |",
         "|---|---|" + "---|" * len(labels),
     ]
-    columns = [(unbits(r["result"]["cells"]["negative"]), unbits(r["result"]["cells"]["adherent"])) for r in chosen]
+    columns = [
+        tuple(unbits(r["result"]["cells"].get(name, r["result"]["cells"]["negative"])) for name in CELL_COLUMNS)
+        for r in chosen
+    ]
     for i, pair in enumerate(suite):
         rows = slice(i * count, (i + 1) * count)
-        cells = [f"{100 * neg[rows].mean():.0f} / {100 * adh[rows].mean():.0f}" for neg, adh in columns]
+        cells = []
+        for neg, named, adh in columns:
+            slot = f" ({100 * named[rows].mean():.0f})" if pair.anywhere else ""
+            cells.append(f"{100 * neg[rows].mean():.0f}{slot} / {100 * adh[rows].mean():.0f}")
         shown = f"`{pair.negative}`" + ("" if pair.avoid else " (inert)")
         lines.append(f"| `{pair.prompt}` | {shown} | " + " | ".join(cells) + " |")
     return [*lines, ""]
