@@ -25,8 +25,13 @@ def test_quick_eval_writes_every_output(tmp_path):
     # sample strips are named by item key, so a changed suite never reuses another condition's file
     assert all(r["sample"] == f"{r['key']}.png" and (out / "samples" / r["sample"]).exists() for r in records)
     assert nag["result"]["suppression"] is None or nag["result"]["suppression"] <= 1  # None: baseline never showed it
+    # an unguided image depends on prompt and seed only: 1 prompt x 2 seeds, read against 4 negatives
+    none = next(r for r in records if r["condition"]["method"] == "none")["result"]
+    assert (none["samples"], none["rows"], nag["result"]["samples"]) == (2, 8, 8)
+    assert none["seeds"] == [1000, 2]  # the reporting range by default
+    assert nag["result"]["negative_rate_low"] <= nag["result"]["negative_rate"] <= nag["result"]["negative_rate_high"]
     page = (docs / "results.md").read_text()
-    assert "nag eval --quick" in page and "| condition |" in page
+    assert "nag eval --quick" in page and "| condition |" in page and "1000–1001 (reporting range)" in page
     assert (docs / "eval-suppression-fidelity.png").stat().st_size > 0
     assert (docs / "eval-grid-student-1.png").stat().st_size > 0
     # resumable: a second run finds everything done and recomputes nothing, past a line that is not a record

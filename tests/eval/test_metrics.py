@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nag_guidance.eval import metrics
-from nag_guidance.eval.suite import ALL_KINDS, KINDS, conditions, pairs
+from nag_guidance.eval.suite import ALL_KINDS, INERT_NEGATIVES, KINDS, conditions, pairs
 from nag_guidance.tiny import data
 
 
@@ -46,7 +46,7 @@ def test_every_pair_leaves_the_negatives_attributes_open():
                 assert getattr(spec, attribute) not in (None, *values)
             else:  # the prompt does not fix what the negative names
                 assert getattr(spec, attribute) is None
-            if pair.kind == "multi":
+            if pair.kind == "multi" or "," in pair.negative:
                 assert pair.negative == ", ".join(values) and len(set(values)) == 3
             else:
                 assert getattr(negative, attribute) == values[0] and len(values) == 1
@@ -57,6 +57,41 @@ def test_every_pair_leaves_the_negatives_attributes_open():
     assert [len(v) for p in pairs(("conjunctive",)) for _, v in p.avoid] == [1, 1] * len(pairs(("conjunctive",)))
     assert ("a circle on a white background", "red") in {(p.prompt, p.negative) for p in pairs()}  # the main job
     assert len(pairs(("colour",), quick=True)) < len(pairs(("colour",)))
+
+
+def test_the_failure_kinds_hold_luminance_extremes_and_inert_negatives():
+    luminance = pairs(("luminance",))
+    singles = [p for p in luminance if "," not in p.negative]
+    assert {(p.negative, p.target.background) for p in singles} == {("white", "black"), ("black", "white")}
+    assert all({"white", "black"} & set(dict(p.avoid)["colour"]) for p in luminance)
+    inert = pairs(("inert",))
+    assert inert and all(p.avoid == () for p in inert) and {p.negative for p in inert} == set(INERT_NEGATIVES)
+    assert not any(p.shows_negative(data.Sample("circle", "red", "blue", 0, 0, 8)) for p in inert)
+
+
+def test_the_inert_words_are_outside_both_vocabularies():
+    from nag_guidance.tiny import load_pipeline
+
+    for model in ("tiny", "tiny-flux"):
+        pipe = load_pipeline(model=model)
+        for tokenizer in [pipe.tokenizer, getattr(pipe, "tokenizer_2", None)]:
+            if tokenizer is None:
+                continue
+            for word in INERT_NEGATIVES:
+                whole = len(tokenizer.tokenize(word)) == 1
+                assert whole == (word == "background"), (model, word, tokenizer.tokenize(word))
+
+
+def test_a_bare_colour_counts_anywhere_and_a_named_slot_only_there():
+    colour = next(p for p in pairs(("colour",)) if p.negative == "red")
+    background = next(p for p in pairs(("background",)) if p.negative == "red background")
+    red_bg = data.Sample("circle", "blue", "red", 0, 0, 8)
+    red_shape = data.Sample("circle", "red", "blue", 0, 0, 8)
+    assert colour.shows_negative(red_bg) and colour.shows_negative(red_shape)
+    assert colour.shown_in(lambda a: getattr(red_bg, a)) == (False, True)  # the split the tables show
+    assert background.shows_negative(red_bg) and not background.shows_negative(red_shape)
+    conjunctive = next(p for p in pairs(("conjunctive",)) if p.negative == "red circle")
+    assert not conjunctive.anywhere
 
 
 def test_a_sample_shows_a_conjunctive_negative_only_with_both_attributes():
@@ -83,6 +118,6 @@ def test_the_broad_kinds_run_the_method_comparison_only():
         (t.payload["condition"]["label"], t.payload["condition"]["steps"]) for t in todo if t.payload["kind"] == "empty"
     }
     methods = {label.split()[0] for label, _ in broad}
-    assert methods == {"none", "cfg", "vsf", "nag"} and {steps for _, steps in broad} == {1, 2, 4}
-    assert len(broad) == 4 * 3  # one condition per method and step count: none, CFG 3, VSF, NAG at the preset
-    assert len([t for t in todo if t.payload["kind"] == "colour"]) > 3 * len(broad)  # the sweeps: core kinds only
+    assert methods == {"none", "cfg", "vsf", "nag", "nag+cfg"} and {steps for _, steps in broad} == {1, 2, 4}
+    assert len(broad) == 5 * 3  # per method and step count: none, CFG 3, VSF, NAG and NAG + CFG 3 at the preset
+    assert len([t for t in todo if t.payload["kind"] == "colour"]) > 2 * len(broad)  # the sweeps: core kinds only

@@ -36,3 +36,27 @@ def test_the_headline_shows_the_model_s_own_preset():
         shown = Condition("nag", 4, scale=preset.scale, tau=preset.tau, alpha=preset.alpha, model=model).label
         hidden = Condition("nag", 4, scale=preset.scale + 1, tau=preset.tau, alpha=preset.alpha, model=model).label
         assert f"| colour | {shown} |" in headline and f"| {hidden} |" not in headline
+
+
+def test_kinds_whose_pairs_differ_get_a_row_per_pair_and_intervals_stay_inside_0_100():
+    from nag_guidance.eval.suite import pairs
+
+    suite, seeds = pairs(("luminance",)), 2
+    n = len(suite) * seeds
+    records = []
+    for condition, first_pair_hits in (
+        (Condition("none", 4), "11"),
+        (Condition("nag", 4, scale=5, tau=1, alpha=1), "01"),
+    ):
+        negative = first_pair_hits + "0" * (n - 2)  # only the first pair ever shows its negative
+        record = _record(condition, "luminance")
+        record["result"].update(seeds=[1000, seeds], rows=n, adherence_low=-0.2, adherence_high=1.3,
+                                cells={"negative": negative, "adherent": "1" * n, "clean": "1" * n})  # fmt: skip
+        records.append(record)
+    page = report.markdown(records, "nag eval", {})
+    assert "### luminance, pair by pair" in page
+    first = suite[0]
+    assert f"| `{first.prompt}` | `{first.negative}` | 100 (100) / 100 | 50 (50) / 100 |" in page
+    assert f"| `{suite[1].prompt}` | `{suite[1].negative}` | 0 (0) / 100 | 0 (0) / 100 |" in page
+    assert "90.0 [0.0, 100.0]" in page  # a share's interval is cut at 0 and 100
+    assert "Seeds: 1000–1001 (reporting range)" in page

@@ -13,13 +13,19 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from nag_guidance.eval.suite import ALL_KINDS
+from nag_guidance.eval.suite import ALL_KINDS, REPORTING_SEED_START, UNQUALIFIED, pairs, seed_range_text
 from nag_guidance.files import save_png, write_atomically, write_text_atomically
 
 COLUMNS = (
-    "label", "method", "unet", "steps", "kind", "samples", "negative_rate", "negative_rate_se", "suppression",
-    "adherence", "adherence_se", "on_palette", "entropy_bits", "clean", "confidence", "frechet",
+    "label", "method", "unet", "steps", "kind", "samples", "rows", "negative_rate", "negative_rate_se",
+    "negative_rate_low", "negative_rate_high", "negative_rate_shape", "negative_rate_background", "suppression",
+    "suppression_se", "suppression_low", "suppression_high", "adherence", "adherence_se", "adherence_low",
+    "adherence_high", "adherence_change", "adherence_change_low", "adherence_change_high", "clean_change",
+    "on_palette", "entropy_bits", "clean", "confidence", "frechet",
 )  # fmt: skip
+PER_PAIR_KINDS = ("multi", "luminance", "inert")
+"""Kinds whose pairs behave differently (a triple with white or black against one without): the page shows each
+pair's row as well as the kind's."""
 
 
 def flat(record: dict) -> dict[str, Any]:
@@ -28,6 +34,35 @@ def flat(record: dict) -> dict[str, Any]:
         "label": c["label"], "method": c["method"], "unet": c["unet"], "steps": c["steps"], "kind": r["kind"],
         **{k: r.get(k) for k in COLUMNS[5:]},
     }  # fmt: skip
+
+
+def _interval(r: dict, name: str, percent: bool = True, digits: int = 1) -> str:
+    """ "9.6 [5.5, 13.7]": the value and its 95 % interval (cluster-robust over prompts and seeds)."""
+    value, low, high = r.get(name), r.get(f"{name}_low"), r.get(f"{name}_high")
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    k = 100 if percent else 1
+    text = f"{k * value:.{digits}f}"
+    if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+        if name in RATES:  # a share: its interval stops at 0 and 100 %
+            low, high = max(low, 0.0), min(high, 1.0)
+        text += f" [{k * low:.{digits}f}, {k * high:.{digits}f}]"
+    return text
+
+
+RATES = ("negative_rate", "adherence")
+
+
+def _negative(r: dict) -> str:
+    text = _interval(r, "negative_rate")
+    if r["kind"] in UNQUALIFIED and r.get("negative_rate_shape") is not None:
+        text += f" ({100 * r['negative_rate_shape']:.1f} / {100 * r['negative_rate_background']:.1f})"
+    return text
+
+
+def _records_seeds(records: list[dict]) -> str:
+    ranges = {tuple(r["result"]["seeds"]) for r in records if "seeds" in r["result"]}
+    return ", ".join(seed_range_text(s) for s in sorted(ranges)) or "not recorded"
 
 
 def write_tables(records: list[dict], out: Path) -> None:
@@ -121,16 +156,73 @@ def headline(records: list[dict], steps: int = 4) -> list[str]:
         f"## Headline: student, {steps} steps, NAG at the `{model}` preset (s={point[0]:g}, τ={point[1]:g}, "
         f"α={point[2]:g})",
         "",
-        "| kind | condition | negative % | suppression % | adherence % | on-palette % | clean % | FD |",
-        "|---|---|---|---|---|---|---|---|",
+        HEADER.replace("| condition |", "| kind | condition |"),
+        RULE + "---|",
     ]
     for kind in ALL_KINDS:
         for r in (flat(rec) for rec in chosen if rec["result"]["kind"] == kind):
-            lines.append(
-                f"| {kind} | {r['label']} | {_fmt(r['negative_rate'], r['negative_rate_se'])} | "
-                f"{_fmt(r['suppression'])} | {_fmt(r['adherence'], r['adherence_se'])} | {_fmt(r['on_palette'])} | "
-                f"{_fmt(r['clean'])} | {_fmt(r['frechet'], percent=False)} |"
-            )
+            lines.append(f"| {kind} | {_row(r)}")
+    return [*lines, ""]
+
+
+HEADER = (
+    "| condition | images | negative % [95 %] (shape / bg) | suppression % [95 %] | adherence % [95 %] | "
+    "Δ adherence [95 %] | on-palette % | entropy | clean % | Δ clean | FD |"
+)
+RULE = "|---|---|---|---|---|---|---|---|---|---|---|"
+
+
+def _row(r: dict) -> str:
+    change = "—" if r.get("adherence_change") is None else _interval(r, "adherence_change")
+    clean_change = "—" if r.get("clean_change") is None else f"{100 * r['clean_change']:+.1f}"
+    return (
+        f"{r['label']} | {r['samples']} | {_negative(r)} | {_interval(r, 'suppression', digits=0)} | "
+        f"{_interval(r, 'adherence')} | {change} | {_fmt(r['on_palette'])} | "
+        f"{_fmt(r['entropy_bits'], percent=False)} | {_fmt(r['clean'])} | {clean_change} | "
+        f"{_fmt(r['frechet'], percent=False)} |"
+    )
+
+
+CELL_COLUMNS = ("negative", "named", "adherent")
+
+
+def per_pair(records: list[dict], kind: str, unet: str = "student", steps: int = 4) -> list[str]:
+    """One row per pair of ``kind``: each compared condition's negative rate / adherence on that pair alone
+    (the kind's rows average pairs that can behave oppositely)."""
+    from nag_guidance.eval.runner import unbits
+
+    chosen = [
+        r
+        for r in records
+        if (r["condition"]["unet"], r["condition"]["steps"], r["result"]["kind"]) == (unet, steps, kind)
+        and r["result"].get("cells")
+    ]
+    if not chosen:
+        return []
+    suite = pairs((kind,), quick=chosen[0].get("quick", False))
+    count = chosen[0]["result"]["seeds"][1]
+    chosen = [r for r in chosen if len(r["result"]["cells"]["negative"]) == len(suite) * count]
+    labels = [r["condition"]["label"] for r in chosen]
+    lines = [
+        f"### {kind}, pair by pair: negative % (on the shape) / adherence % ({unet}, "
+        f"{steps} step{'s' if steps > 1 else ''}, "
+        f"{count} seeds per pair)",
+        "",
+        "| prompt | negative | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
+    columns = [
+        tuple(unbits(r["result"]["cells"].get(name, r["result"]["cells"]["negative"])) for name in CELL_COLUMNS)
+        for r in chosen
+    ]
+    for i, pair in enumerate(suite):
+        rows = slice(i * count, (i + 1) * count)
+        cells = []
+        for neg, named, adh in columns:
+            slot = f" ({100 * named[rows].mean():.0f})" if pair.anywhere else ""
+            cells.append(f"{100 * neg[rows].mean():.0f}{slot} / {100 * adh[rows].mean():.0f}")
+        shown = f"`{pair.negative}`" + ("" if pair.avoid else " (inert)")
+        lines.append(f"| `{pair.prompt}` | {shown} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -161,16 +253,27 @@ def markdown(records: list[dict], command: str, figures: dict[str, str]) -> str:
         "",
         f"Machine: {platform.machine()}, {platform.system()} {platform.release()}, Python {platform.python_version()}.",
         "",
-        "Columns: **negative** = share of samples showing the negative's attribute value (± binomial standard "
-        "error); **suppression** = 1 − negative/negative(none) at the same model and steps; **adherence** = the "
-        "prompt's own attributes read right; **on-palette** = shape colours that are palette colours at all "
-        "(collapse detector); **entropy** = bits of the attribute's distribution (collapse detector); **clean** "
-        "= flat colours and sharp edges per the checker; **FD** = Fréchet distance of classifier features to real "
-        "images of the prompt without the negative's value (lower = better fidelity).",
+        f"Seeds: {_records_seeds(records)}. The presets and option choices were tuned on seeds below "
+        f"{REPORTING_SEED_START} (the sweep pages), so nothing here is measured on the seeds it was picked on.",
+        "",
+        "Columns: **images** = distinct images behind the row (an unguided image depends on its prompt and seed "
+        "only: it is generated and counted once and read against every negative of its prompt); **negative** = "
+        'share of (pair, seed) readings showing the negative — a bare colour ("red") counts wherever it '
+        "appears, shape or background, and the parentheses split it (on the shape / on the background; one "
+        "image can show it on both); a negative that "
+        'names its slot ("red background") counts there only; **suppression** = 1 − negative/negative(none) at '
+        "the same model, steps and seeds; **adherence** = the prompt's own attributes read right; **Δ adherence** "
+        "and **Δ clean** = the change against unguided on the same prompts and seeds (points); **on-palette** = "
+        "shape colours that are palette colours at all (collapse detector); **entropy** = bits of the attribute's "
+        "distribution (collapse detector); **clean** = flat colours and sharp edges per the checker; **FD** = "
+        "Fréchet distance of classifier features to real images of the prompt without the negative's value "
+        "(lower = better fidelity). Brackets are 95 % intervals (of a share: cut at 0 and 100), two-way "
+        "cluster-robust over prompts and seeds "
+        "(`nag_guidance/eval/stats.py`): the pairs of a kind share their seeds and prompts, so the binomial "
+        "error of independent samples would be too small.",
         "",
     ]
-    header = "| condition | negative % | suppression % | adherence % | on-palette % | entropy | clean % | FD |"
-    rule = "|---|---|---|---|---|---|---|---|"
+    header, rule = HEADER, RULE
     lines += headline(records)
     for unet, steps in sorted({(r["unet"], r["steps"]) for r in rows}, key=lambda p: (p[0] == "teacher", p[1])):
         for kind in ALL_KINDS:
@@ -180,19 +283,15 @@ def markdown(records: list[dict], command: str, figures: dict[str, str]) -> str:
             pair = next(rec["pair"] for rec in records if flat(rec) == chosen[0])
             lines += [
                 f"## {kind}: {unet}, {steps} step{'s' if steps > 1 else ''} "
-                f"(e.g. {pair['prompt']!r} − {pair['negative']!r}; {chosen[0]['samples']} samples per row)",
+                f"(e.g. {pair['prompt']!r} − {pair['negative']!r}; {chosen[0]['rows']} readings per row)",
                 "",
                 header,
                 rule,
             ]
-            for r in chosen:
-                lines.append(
-                    f"| {r['label']} | {_fmt(r['negative_rate'], r['negative_rate_se'])} | "
-                    f"{_fmt(r['suppression'])} | {_fmt(r['adherence'], r['adherence_se'])} | "
-                    f"{_fmt(r['on_palette'])} | {_fmt(r['entropy_bits'], percent=False)} | {_fmt(r['clean'])} | "
-                    f"{_fmt(r['frechet'], percent=False)} |"
-                )
+            lines += [f"| {_row(r)}" for r in chosen]
             lines.append("")
+            if kind in PER_PAIR_KINDS:
+                lines += per_pair(records, kind, unet, steps)
     for title, file in figures.items():
         lines += [f"![{title}]({file})", ""]
     return "\n".join(lines)

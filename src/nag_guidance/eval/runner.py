@@ -11,11 +11,12 @@ import numpy as np
 from PIL import Image
 
 from nag_guidance import batch
-from nag_guidance.eval import metrics
+from nag_guidance.eval import metrics, stats
 from nag_guidance.eval.suite import (
     ALL_KINDS,
     ATTRIBUTE,
     KINDS,
+    REPORTING_SEED_START,
     Condition,
     Pair,
     check_kinds,
@@ -23,6 +24,7 @@ from nag_guidance.eval.suite import (
     conditions,
     flux_conditions,
     pairs,
+    seed_list,
 )
 from nag_guidance.files import save_png
 from nag_guidance.tiny import data
@@ -100,10 +102,10 @@ class Evaluator:
                 )
             if condition.method == "vsf":
                 out = self._vsf_images(condition, prompts[chunk], negatives[chunk], kwargs)
-            elif condition.tau_mode == "relative":
-                from nag_guidance.eval.options import relative_tau
+            elif condition.tau_mode == "relative" or condition.operator != "paper":
+                from nag_guidance.eval.options import swapped_operator
 
-                with relative_tau():
+                with swapped_operator("relative" if condition.tau_mode == "relative" else condition.operator):
                     out = pipe(prompts[chunk], **kwargs).images
             else:
                 out = pipe(prompts[chunk], **kwargs).images
@@ -132,54 +134,106 @@ class Evaluator:
             self._real[key] = extract_features(self.net, real_images_without(suite, seeds))
         return self._real[key]
 
-    def measure(self, condition: Condition, kind: str, suite: list[Pair], seeds: int) -> tuple[dict, np.ndarray]:
-        """Metrics of one condition on one kind's pairs (``seeds`` samples per pair), and the images."""
+    def measure(
+        self, condition: Condition, kind: str, suite: list[Pair], seeds: Sequence[int]
+    ) -> tuple[dict, np.ndarray]:
+        """Metrics of one condition on one kind's pairs, one sample per (pair, seed), and the images (one per
+        row). Each distinct image is generated and counted once: an unguided image depends on its prompt and
+        seed only, so it is made once and read against every negative of its prompt. Errors and 95 % intervals
+        are two-way cluster-robust over prompts and seeds (``eval.stats``); ``cells`` keeps every row's readings
+        (pair-major, seed-minor) for the paired statistics of ``with_suppression`` and the per-pair tables."""
         from nag_guidance.tiny.checker import check
         from nag_guidance.tiny.features import extract_features, frechet_distance
 
-        prompts = [p.prompt for p in suite for _ in range(seeds)]
-        negatives = [p.negative for p in suite for _ in range(seeds)]
-        images = self.images(condition, prompts, negatives, [s for _ in suite for s in range(seeds)])
+        seeds = list(seeds)
+        rows = [(p, s) for p in suite for s in seeds]
+        distinct = condition.method == "none"  # the only condition that ignores the negative
+        keys = [(p.prompt, s) if distinct else (p.prompt, p.negative, s) for p, s in rows]
+        first_row: dict[tuple, int] = {}
+        for i, key in enumerate(keys):
+            first_row.setdefault(key, i)
+        made = [rows[i] for i in first_row.values()]  # one row per distinct image, in order of appearance
+        first = {key: j for j, key in enumerate(first_row)}
+        images = self.images(condition, [p.prompt for p, _ in made], [p.negative for p, _ in made],
+                             [s for _, s in made])  # fmt: skip
+        index = np.array([first[k] for k in keys])
         reading = check(images)
         names = {"shape": reading.shape_names(), "background": reading.background_names()}
         # an off-palette colour is no colour of the palette: keep it apart
         colours = zip(reading.colour_names(), reading.on_palette, strict=True)
         names["colour"] = [name if ok else "off-palette" for name, ok in colours]
-        read = names[ATTRIBUTE[kind]]
-        rows = [p for p in suite for _ in range(seeds)]
-        hit = np.array(
-            [all(names[a][i] in values for a, values in pair.avoid) for i, pair in enumerate(rows)], dtype=bool
-        )
-        right = reading.matches([p.target for p in suite for _ in range(seeds)])
-        adherent = right["shape_and_colour"] & right["background"]
-        negative_rate, negative_se = metrics.rate(hit)
-        adherence, adherence_se = metrics.rate(adherent)
-        fd = frechet_distance(extract_features(self.net, images), self.real_features(kind, suite, seeds))
+        slots = np.array(
+            [pair.shown_in(lambda a, j=j: names[a][j]) for (pair, _), j in zip(rows, index, strict=True)], dtype=bool
+        ).reshape(len(rows), 2)
+        hit = slots.any(axis=1)
+        right = reading.matches([p.target for p, _ in made])
+        adherent = (right["shape_and_colour"] & right["background"])[index]
+        clean = reading.clean[index]
+        prompt_of, seed_of = [p.prompt for p, _ in rows], [s for _, s in rows]
+        unique = np.unique(index, return_index=True)[1]  # one row per distinct image
+        fd = frechet_distance(extract_features(self.net, images), self.real_features(kind, suite, len(seeds)))
+        read = [names[ATTRIBUTE[kind]][j] for j in range(len(images))]
         result = {
             "kind": kind,
             "samples": len(images),
-            "negative_rate": negative_rate,
-            "negative_rate_se": negative_se,
-            "adherence": adherence,
-            "adherence_se": adherence_se,
+            "rows": len(rows),
+            "seeds": [seeds[0], len(seeds)],
+            **stats.clustered_rate(hit, prompt_of, seed_of).as_dict("negative_rate"),
+            "negative_rate_shape": float(slots[:, 0].mean()),
+            "negative_rate_background": float(slots[:, 1].mean()),
+            **stats.clustered_rate(adherent[unique], np.array(prompt_of)[unique], np.array(seed_of)[unique]).as_dict(
+                "adherence"
+            ),
             "on_palette": float(reading.on_palette.mean()),
             "entropy_bits": metrics.entropy_bits([str(r) for r in read]),
             "clean": float(reading.clean.mean()),
             "confidence": float(reading.confidence.mean()),
             "frechet": fd,
+            "cells": {
+                "negative": _bits(hit),
+                "named": _bits(slots[:, 0]),
+                "adherent": _bits(adherent),
+                "clean": _bits(clean),
+            },
         }
-        return result, images
+        return result, images[index]
 
 
-def items(quick: bool, kinds: tuple[str, ...], seeds: int, model: str = "tiny") -> list[batch.Item]:
+def _bits(values: np.ndarray) -> str:
+    return "".join("1" if v else "0" for v in np.asarray(values, dtype=bool))
+
+
+def unbits(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("ascii"), dtype=np.uint8) == ord("1")
+
+
+def items(
+    quick: bool,
+    kinds: tuple[str, ...],
+    seeds: int,
+    model: str = "tiny",
+    seed_start: int = REPORTING_SEED_START,
+    compare: bool = False,
+    steps: int | None = None,
+) -> list[batch.Item]:
     """One item per (condition, kind): sweeps on the core kinds only, the method comparison on every kind; the
-    25-step teacher only on the first kind (it costs ~6x per item)."""
+    25-step teacher only on the first kind (it costs ~6x per item). ``compare``: the method comparison only (no
+    parameter sweeps, no teacher); ``steps``: that student step count only."""
+    seed_list(seeds, seed_start)  # refuses a range that straddles the tuning and reporting ranges
     suite = flux_conditions(quick) if model == "tiny-flux" else conditions(quick)
+    if compare:
+        suite = [c for c in suite if compared(c) and c.unet == "student"]
+    if steps is not None:
+        suite = [c for c in suite if c.steps == steps]
+        if not suite:
+            raise ValueError(f"the embedded model's suite has no {steps}-step conditions (1, 2 or 4)")
     chosen = [
         (c, k) for c in suite for k in kinds if (c.unet == "student" or k == kinds[0]) and (k in KINDS or compared(c))
     ]
     return [
-        batch.Item(i, {"condition": c.as_dict(), "kind": kind, "seeds": seeds, "quick": quick})
+        batch.Item(
+            i, {"condition": c.as_dict(), "kind": kind, "seeds": seeds, "seed_start": seed_start, "quick": quick}
+        )
         for i, (c, kind) in enumerate(chosen)
     ]
 
@@ -192,6 +246,9 @@ def run(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     model: str = "tiny",
+    seed_start: int = REPORTING_SEED_START,
+    compare: bool = False,
+    steps: int | None = None,
 ) -> list[dict]:
     """Run (or resume) the evaluation of embedded ``model`` into ``out``; returns every item's record, ordered."""
     check_kinds(kinds)
@@ -202,29 +259,64 @@ def run(
         condition_fields = {k: v for k, v in item.payload["condition"].items() if k != "label"}
         condition = Condition(**condition_fields)
         suite = pairs((item.payload["kind"],), quick=item.payload["quick"])
-        result, images = evaluator.measure(condition, item.payload["kind"], suite, item.payload["seeds"])
+        chosen = seed_list(item.payload["seeds"], item.payload.get("seed_start", 0))
+        result, images = evaluator.measure(condition, item.payload["kind"], suite, chosen)
         strip = np.concatenate(list(images[:SAMPLE_SEEDS]), axis=1)
         sample = out / "samples" / f"{item.key}.png"  # by key: indices shift when the suite changes
         save_png(Image.fromarray(strip), sample)
         return {"condition": item.payload["condition"], "result": result, "sample": sample.name,
-                "pair": {"prompt": suite[0].prompt, "negative": suite[0].negative}}  # fmt: skip
+                "pair": {"prompt": suite[0].prompt, "negative": suite[0].negative},
+                "quick": item.payload["quick"]}  # fmt: skip
 
-    todo = items(quick, kinds, seeds, model)
+    todo = items(quick, kinds, seeds, model, seed_start, compare, steps)
     batch.run_items(todo, out, work, progress=progress, device=device)
     return batch.read_manifest(out, {item.key for item in todo})
 
 
 def with_suppression(records: list[dict]) -> list[dict]:
-    """Add each record's suppression relative to the "none" condition of the same model, steps and kind."""
+    """Add each record's suppression relative to the "none" condition of the same model, steps, kind and seeds,
+    and the change of adherence and clean rate against it, each with its paired cluster-robust error and 95 %
+    interval (the same prompts and seeds drawn for both conditions)."""
 
     def key(r: dict) -> tuple:
         c = r["condition"]
-        return c.get("model", "tiny"), c["unet"], c["steps"], r["result"]["kind"]
+        return c.get("model", "tiny"), c["unet"], c["steps"], r["result"]["kind"], tuple(r["result"].get("seeds", ()))
 
-    baseline = {key(r): r["result"]["negative_rate"] for r in records if r["condition"]["method"] == "none"}
+    baseline = {key(r): r for r in records if r["condition"]["method"] == "none"}
     out = []
     for r in records:
         base = baseline.get(key(r))
-        value = None if base is None else metrics.suppression(r["result"]["negative_rate"], base)
-        out.append({**r, "result": {**r["result"], "suppression": value, "baseline_rate": base}})
+        extra: dict = {"suppression": None, "baseline_rate": None}
+        if base is not None:
+            extra["baseline_rate"] = base["result"]["negative_rate"]
+            extra["suppression"] = metrics.suppression(r["result"]["negative_rate"], extra["baseline_rate"])
+            extra.update(_paired(r, base))
+        out.append({**r, "result": {**r["result"], **extra}})
+    return out
+
+
+def _paired(record: dict, base: dict) -> dict:
+    """Cluster-robust suppression, adherence change and clean-rate change of ``record`` against ``base``."""
+    cells, base_cells = record["result"].get("cells"), base["result"].get("cells")
+    if not cells or not base_cells or len(cells["negative"]) != len(base_cells["negative"]):
+        return {}
+    kind, quick = record["result"]["kind"], record.get("quick", False)
+    start, count = record["result"]["seeds"]
+    suite = pairs((kind,), quick=quick)
+    prompts = [p.prompt for p in suite for _ in range(count)]
+    seeds = [s for _ in suite for s in range(start, start + count)]
+    if len(prompts) != len(cells["negative"]):
+        return {}
+    columns = {name: unbits(cells[name]) for name in ("negative", "adherent", "clean")}
+    columns |= {f"base_{name}": unbits(base_cells[name]) for name in ("negative", "adherent", "clean")}
+    out: dict = {}
+    if columns["base_negative"].any():
+        suppression = stats.clustered_statistic(
+            columns, prompts, seeds, lambda m: 1.0 - m["negative"] / m["base_negative"]
+        )
+        out |= {k: v for k, v in suppression.as_dict("suppression").items() if k != "suppression"}
+    for name in ("adherent", "clean"):
+        change = stats.clustered_statistic(columns, prompts, seeds, lambda m, n=name: m[n] - m[f"base_{n}"])
+        label = "adherence_change" if name == "adherent" else "clean_change"
+        out |= change.as_dict(label)
     return out

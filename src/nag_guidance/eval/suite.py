@@ -7,7 +7,10 @@ import math
 from dataclasses import asdict, dataclass
 
 from nag_guidance.config import get_preset
+from nag_guidance.eval.seeds import REPORTING_SEED_START, TUNING_SEED_START, seed_list, seed_range_text
 from nag_guidance.tiny import data
+
+__all__ = ["REPORTING_SEED_START", "TUNING_SEED_START", "seed_list", "seed_range_text"]  # the seed ranges' home
 
 KINDS = ("colour", "shape", "background", "colour-bg")
 """The core kinds: the negative names one value of an attribute the prompt leaves open (the parameter sweeps run
@@ -16,7 +19,21 @@ BROAD_KINDS = ("multi", "conjunctive", "contrast", "empty")
 """Harder and odder cases, for the method comparison: a negative of several values ("red, blue, green"), a
 conjunctive one ("red circle": both at once), one contrasting with what the prompt fixes ("a red circle" −
 "blue": nothing to remove, the prompt must survive), and the empty prompt ("" − "red")."""
-ALL_KINDS = KINDS + BROAD_KINDS
+FAILURE_KINDS = ("luminance", "inert")
+"""Where NAG is known to fail or cost: a white or black negative against the opposite background ("a square on a
+black background" − "white") and colour triples with white or black ("a circle" − "white, black, red"), where
+pushing away from a luminance extreme can fade the subject itself; and inert negatives, words the model cannot
+read (out of its vocabulary: "blurry", "ugly") or an attribute without a value ("background"), which have nothing
+to remove and can only cost adherence or clean images."""
+ALL_KINDS = KINDS + BROAD_KINDS + FAILURE_KINDS
+INERT_NEGATIVES = ("blurry", "ugly", "background")
+"""The inert negatives: two words outside both embedded models' vocabularies (their tokenizers spell them out in
+characters) and the attribute word alone."""
+UNQUALIFIED = ("colour", "colour-bg", "multi", "contrast", "empty", "luminance")
+"""Kinds whose negative is a bare colour ("red"): it counts as shown wherever that colour appears, on the shape or
+on the background (a user who types "red" wants no red); the tables split the two slots. A negative that names its
+slot ("red background", "red circle") counts in that slot only."""
+
 ATTRIBUTE = {
     "colour": "colour",
     "shape": "shape",
@@ -26,6 +43,8 @@ ATTRIBUTE = {
     "conjunctive": "colour",
     "contrast": "colour",
     "empty": "colour",
+    "luminance": "colour",
+    "inert": "colour",
 }
 """The attribute whose read-out distribution a kind reports (entropy). ``colour-bg`` is ``colour`` with the
 background given in the prompt: a longer, more specific prompt, as in the main job's "a circle on a white
@@ -41,15 +60,23 @@ class Pair:
     prompt: str
     negative: str
     target: data.Spec  # what the prompt asks for (adherence)
-    avoid: tuple[tuple[str, tuple[str, ...]], ...]
+    avoid: tuple[tuple[str, tuple[str, ...]], ...]  # empty: an inert negative, never shown
+    anywhere: bool = False  # a bare colour: also shown when the background has it
+
+    def shown_in(self, read) -> tuple[bool, bool]:
+        """(shown in the named slot, shown on the background only because the colour is anywhere), with
+        ``read(attribute)`` the value read for an attribute."""
+        named = bool(self.avoid) and all(read(attribute) in values for attribute, values in self.avoid)
+        elsewhere = self.anywhere and read("background") in self.avoid[0][1]
+        return named, elsewhere
 
     def shows_negative(self, sample: data.Sample) -> bool:
-        return all(getattr(sample, attribute) in values for attribute, values in self.avoid)
+        return any(self.shown_in(lambda attribute: getattr(sample, attribute)))
 
 
 def _pair(kind: str, prompt: str, negative: str, target: data.Spec, **avoid: str | tuple[str, ...]) -> Pair:
     entries = tuple((name, (v,) if isinstance(v, str) else v) for name, v in avoid.items())
-    return Pair(kind, prompt, negative, target, entries)
+    return Pair(kind, prompt, negative, target, entries, anywhere=kind in UNQUALIFIED)
 
 
 def check_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
@@ -113,6 +140,21 @@ def pairs(kinds: tuple[str, ...] = KINDS, quick: bool = False) -> list[Pair]:
                 for c in colours:
                     other = shifted(c, 3)
                     result.append(_pair(kind, f"a {c} {s}", other, data.Spec(shape=s, colour=c), colour=other))
+        elif kind == "luminance":
+            for s in shapes:
+                for negative, background in (("white", "black"), ("black", "white")):
+                    target = data.Spec(shape=s, background=background)
+                    result.append(_pair(kind, f"a {s} on a {background} background", negative, target, colour=negative))
+                for c in ("blue", "purple", "white", "black"):  # the palette's triples that hold white or black
+                    three = (c, shifted(c, 1), shifted(c, 2))
+                    result.append(_pair(kind, f"a {s}", ", ".join(three), data.Spec(shape=s), colour=three))
+        elif kind == "inert":
+            for i, s in enumerate(shapes):
+                c, b = palette[(3 * i) % len(palette)], palette[(3 * i + 4) % len(palette)]
+                for negative in INERT_NEGATIVES:
+                    result.append(_pair(kind, f"a {s}", negative, data.Spec(shape=s)))
+                    full = data.Spec(shape=s, colour=c, background=b)
+                    result.append(_pair(kind, f"a {c} {s} on a {b} background", negative, full))
         else:  # empty
             result += [_pair(kind, "", c, data.Spec(), colour=c) for c in colours]
     return result
@@ -134,6 +176,7 @@ class Condition:
     pooled: str | None = None
     end: float = 1.0  # NAG's window end (a fraction of the schedule)
     tau_mode: str = "fixed"  # "relative": τ times the layer's median per-token ratio (``eval.options``)
+    operator: str = "paper"  # an evaluation-only candidate operator of ``eval.options.OPERATORS``
 
     @property
     def label(self) -> str:
@@ -146,6 +189,8 @@ class Condition:
             tau = "inf" if math.isinf(self.tau) else f"{self.tau:g}"
             tau += "×median r" if self.tau_mode == "relative" else ""
             parts.append(f"s={self.scale:g} τ={tau} α={self.alpha:g}")
+        if self.operator != "paper":
+            parts.append(f"op={self.operator}")
         if self.end < 1.0:
             parts.append(f"end={self.end:g}")
         if self.pooled is not None:
@@ -182,6 +227,7 @@ def flux_conditions(quick: bool = False) -> list[Condition]:
             result.append(Condition("cfg", steps, cfg_scale=3.0, model="tiny-flux"))
         result += [Condition("nag", steps, pooled=pooled, **nag) for pooled in ("prompt", "negative")]
         if not quick:
+            result.append(Condition("nag+cfg", steps, cfg_scale=3.0, pooled="prompt", **nag))
             result.append(Condition("vsf", steps, scale=FLUX_VSF_SCALE, model="tiny-flux"))
     return result
 
@@ -196,14 +242,14 @@ as the ``tiny`` preset (``eval.sweep``, docs/preset-sweep.md)."""
 
 
 def compared(condition: Condition) -> bool:
-    """Whether a condition is one of the method comparison's (run on every kind): none, CFG 3, VSF, and NAG at
-    the model's preset. The other ones are sweeps, run on the core ``KINDS``."""
+    """Whether a condition is one of the method comparison's (run on every kind): none, CFG 3, VSF, NAG at the
+    model's preset and NAG at the preset under CFG 3. The other ones are sweeps, run on the core ``KINDS``."""
     if condition.model == "tiny-flux" or condition.method in ("none", "vsf"):
         return True
     if condition.method == "cfg":
         return condition.cfg_scale == 3.0
     tiny = get_preset("tiny").config
-    return condition.method == "nag" and (condition.scale, condition.tau, condition.alpha) == (
+    return condition.method in ("nag", "nag+cfg") and (condition.scale, condition.tau, condition.alpha) == (
         tiny.scale,
         tiny.tau,
         tiny.alpha,

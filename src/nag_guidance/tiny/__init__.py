@@ -15,6 +15,8 @@ _LOADING_NAMES = (
     "DEFAULT_GUIDANCE",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_STEPS",
+    "FLUX_MAX_SEQUENCE_LENGTH",
+    "SequenceLengthWarning",
     "TEACHER_STEPS",
     "WeightsError",
     "embedded_model",

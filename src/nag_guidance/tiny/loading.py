@@ -16,6 +16,7 @@ import copy
 import hashlib
 import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -55,6 +56,27 @@ MODELS = ("tiny", "tiny-flux")
 FLUX_MAX_SEQUENCE_LENGTH = TEXT_TOKENS
 """What to pass as ``max_sequence_length`` when calling the tiny-flux pipeline (it is trained with this many
 T5 tokens; Flux attends to padding, so the pipeline's default of 512 gives worse images)."""
+
+
+class SequenceLengthWarning(UserWarning):
+    """The tiny-flux pipeline was loaded: it must be called with ``max_sequence_length=FLUX_MAX_SEQUENCE_LENGTH``,
+    which ``FluxPipeline``'s own default (512) is not (docs/tiny-flux.md measures what 512 costs)."""
+
+
+_WARNED_SEQUENCE_LENGTH = False
+
+
+def _warn_sequence_length_once() -> None:
+    global _WARNED_SEQUENCE_LENGTH
+    if not _WARNED_SEQUENCE_LENGTH:
+        _WARNED_SEQUENCE_LENGTH = True
+        warnings.warn(
+            f"tiny-flux: call this pipeline with max_sequence_length={FLUX_MAX_SEQUENCE_LENGTH} "
+            "(nag_guidance.tiny.FLUX_MAX_SEQUENCE_LENGTH), the T5 length it was trained on: at FluxPipeline's "
+            "default of 512 it sees padding it never saw and largely ignores its prompt (docs/tiny-flux.md)",
+            SequenceLengthWarning,
+            stacklevel=3,
+        )
 
 
 class WeightsError(RuntimeError):
@@ -229,6 +251,7 @@ def load_flux_pipeline(
     pipe = FluxPipeline.from_pretrained(root / PIPELINE_DIR, dtype=dtype, **components)
     pipe.default_sample_size = DEFAULT_SAMPLE_SIZE
     pipe.set_progress_bar_config(disable=True)
+    _warn_sequence_length_once()
     return pipe.to(device)
 
 
