@@ -10,6 +10,7 @@ dominant axis. Temporal consistency = fraction of frames whose own reading equal
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,8 +111,10 @@ def check_clips(clips: np.ndarray) -> VideoCheck:
         & (frames.background.reshape(n, f) == background[:, None])
     )
     track = centroids(flat, frames.shape_rgb, frames.background_rgb).reshape(n, f, 2)
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames without a shape (NaN centroids) are expected
         displacement = np.nanmean(track[:, -EDGE_FRAMES:], 1) - np.nanmean(track[:, :EDGE_FRAMES], 1)
+        centre = np.nanmean(track, 1, keepdims=True)
     displacement = np.nan_to_num(displacement)
     still = np.linalg.norm(displacement, axis=1) < STILL_PIXELS
     horizontal = np.abs(displacement[:, 0]) >= np.abs(displacement[:, 1])
@@ -122,8 +125,7 @@ def check_clips(clips: np.ndarray) -> VideoCheck:
     )
     motion = np.where(still, MOTIONS.index("still"), direction)
     time = np.arange(f, dtype=np.float32) - (f - 1) / 2
-    filled = np.where(np.isnan(track), np.nanmean(track, 1, keepdims=True), track)
-    filled = np.nan_to_num(filled)
+    filled = np.nan_to_num(np.where(np.isnan(track), centre, track))
     slope = (filled * time[None, :, None]).sum(1) / (time**2).sum()
     fit = filled.mean(1, keepdims=True) + slope[:, None, :] * time[None, :, None]
     track_error = np.sqrt(((filled - fit) ** 2).sum(-1).mean(1))

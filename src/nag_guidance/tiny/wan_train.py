@@ -79,19 +79,19 @@ class WanRecipe(FlowRecipe):
     """Every knob of the tiny-wan run (in ``<out>/recipe.json`` and the exported ``metadata.json``), sized for
     about 90 minutes on one core of the 2-core CPU (docs/tiny-wan.md)."""
 
-    vae_steps: int = 500
+    vae_steps: int = 400
     vae_batch: int = 8
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     pool_size: int = 8192
     pool_batch: int = 256
-    teacher_steps: int = 2000
+    teacher_steps: int = 1500
     teacher_batch: int = 32
     trajectory_steps: int = 8
-    trajectory_count: int = 1536
+    trajectory_count: int = 1280
     trajectory_batch: int = 128
     trajectory_guidance: float = 5.0
-    student_steps: int = 600
+    student_steps: int = 500
     student_batch: int = 32
     eval_seeds: int = 8
     teacher_eval_seeds: int = 2
