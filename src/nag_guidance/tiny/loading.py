@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ FLUX_TEACHER_DIR = "teacher_transformer"
 WAN_DIR = "wan"
 WAN_TEACHER_DIR = "teacher_transformer"
 MODELS = ("tiny", "tiny-flux", "tiny-wan")
+FALLBACK_PRESETS = {"tiny-wan": "wan-4step"}
+"""The preset an embedded model gets while the presets table has no row of its own name (tiny-wan: the NAG
+authors' 4-step Wan preset, not measured on it)."""
 FLUX_MAX_SEQUENCE_LENGTH = TEXT_TOKENS
 """What to pass as ``max_sequence_length`` when calling the tiny-flux pipeline (it is trained with this many
 T5 tokens; Flux attends to padding, so the pipeline's default of 512 gives worse images)."""
@@ -270,13 +274,16 @@ WAN_CALL_DEFAULTS: dict[str, Any] = {
 def with_call_defaults(pipe: DiffusionPipeline, defaults: dict[str, Any]) -> DiffusionPipeline:
     """``pipe`` with other defaults for some ``__call__`` arguments, given ones still winning. The pipeline's class
     becomes a subclass of the same name (like ``nag.apply``'s), so ``isinstance`` and family detection still
-    see the stock class and ``inspect.signature`` the stock signature."""
+    see the stock class, and ``inspect.signature`` shows the stock signature with these defaults."""
     base = type(pipe)
 
     @functools.wraps(base.__call__)
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         return base.__call__(self, *args, **{**defaults, **kwargs})
 
+    signature = inspect.signature(base.__call__)
+    parameters = [p.replace(default=defaults.get(name, p.default)) for name, p in signature.parameters.items()]
+    __call__.__signature__ = signature.replace(parameters=parameters)
     pipe.__class__ = type(base.__name__, (base,), {"__call__": __call__, "__module__": base.__module__})
     return pipe
 

@@ -79,10 +79,11 @@ class WanRecipe(FlowRecipe):
     """Every knob of the tiny-wan run (in ``<out>/recipe.json`` and the exported ``metadata.json``), sized for
     about 90 minutes on one core of the 2-core CPU (docs/tiny-wan.md)."""
 
-    vae_steps: int = 400
+    vae_steps: int = 1400
     vae_batch: int = 8
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
+    vae_min_reading: float = 0.9
     pool_size: int = 8192
     pool_batch: int = 256
     teacher_steps: int = 1500
@@ -115,6 +116,7 @@ class WanRecipe(FlowRecipe):
             save_every=2,
             eval_seeds=1,
             teacher_eval_seeds=1,
+            vae_min_reading=0.0,
         )
 
 
@@ -155,6 +157,12 @@ def train_wan_vae(out: Path, recipe: WanRecipe, timer: StageTimer) -> None:
     log(f"vae: latent channel means {mean.numpy().round(2)} stds {std.numpy().round(2)}")
     reads = reconstruction_reading(vae, recipe.seed + 2)
     log(f"vae: the video checker reads reconstructions right: {json.dumps(reads)}")
+    if reads["all"] < recipe.vae_min_reading:
+        raise SystemExit(
+            f"vae: only {reads['all']:.0%} of reconstructions read right (< {recipe.vae_min_reading:.0%}): a flow "
+            "trained on these latents cannot pass the checker. Raise vae_steps and rerun (training resumes from "
+            f"{out / 'vae' / 'checkpoint.pt'})."
+        )
     state = {"vae": vae.state_dict(), "mean": mean.tolist(), "std": std.tolist(), "reconstruction": reads}
     save_atomic(state, out / "vae" / "final.pt")
 
