@@ -294,6 +294,8 @@ def evaluate(
     from nag_guidance.tiny.loading import MODELS
 
     embedded = model or "tiny"
+    if embedded == "tiny-wan" and clip_model is None:
+        fail("nag eval measures the image models (tiny, tiny-flux); the video model tiny-wan has no eval suite yet")
     own_model = embedded not in MODELS or clip_model is not None
     if own_model and (model is None or clip_model is None or pairs is None):
         fail(

@@ -66,3 +66,8 @@ def test_unknown_model_lists_the_three_embedded_models(tmp_path):
     result = CliRunner().invoke(app, ["generate", "a circle", "--model", str(tmp_path / "nothing")])
     assert result.exit_code != 0
     assert all(name in result.output for name in ("tiny", "tiny-flux", "tiny-wan"))
+
+
+def test_eval_refuses_the_video_model_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["eval", "--model", "tiny-wan", "--out", str(tmp_path / "e")])
+    assert result.exit_code != 0 and "tiny-wan has no eval suite yet" in result.output
