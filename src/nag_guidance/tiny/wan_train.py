@@ -81,8 +81,9 @@ class WanRecipe(FlowRecipe):
 
     vae_steps: int = 1400
     vae_batch: int = 8
-    vae_lr: float = 1e-3
+    vae_lr: float = 5e-4
     vae_kl_weight: float = 1e-6
+    vae_latent_noise: float = 0.1
     vae_min_reading: float = 0.9
     pool_size: int = 8192
     pool_batch: int = 256
@@ -137,7 +138,10 @@ def train_wan_vae(out: Path, recipe: WanRecipe, timer: StageTimer) -> None:
     for step in training_loop(out, "vae", total, recipe.save_every, {"vae": vae}, optimizer, timer):
         pixels = to_video_pixels(video_data.training_clips(recipe.seed + 1, step, recipe.vae_batch)[0])
         posterior = vae.encode(pixels).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=step_generator(1, step))
+        # Decode the posterior mean plus noise at a tenth of the latents' spread: sampling the posterior itself
+        # left its std at about the latents' spread (the KL weight is tiny) and the reconstructions blurred.
+        spread = recipe.vae_latent_noise * posterior.mean.detach().std()
+        z = posterior.mean + spread * torch.randn(posterior.mean.shape, generator=step_generator(1, step))
         recon = vae.decode(z).sample
         kl = posterior.kl().mean() / z[0].numel()
         loss = F.mse_loss(recon, pixels) + 0.5 * F.l1_loss(recon, pixels) + recipe.vae_kl_weight * kl
