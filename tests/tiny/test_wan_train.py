@@ -75,7 +75,7 @@ def test_loader_applies_the_models_defaults_and_names_a_damaged_file(quick_run, 
 
 def test_trajectory_captions_are_seeded_and_the_flow_has_video_latents():
     assert trajectory_captions(4)(3, 16) == trajectory_captions(4)(3, 16) != trajectory_captions(4)(4, 16)
-    assert WAN_FLOW.latent_shape == (16, 5, 8, 8)
+    assert WAN_FLOW.latent_shape == (16, 5, 16, 16)
 
 
 @pytest.mark.slow
