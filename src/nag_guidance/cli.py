@@ -156,8 +156,13 @@ def generate(
     ] = 1,
     seed: Annotated[int, Opt(help="Seed of the first image, 0 to 2^63-1.")] = 0,
     out: Annotated[Path, Opt(help="Output folder (created; checked for writing before any work).")] = Path("out"),
-    model: Annotated[str | None, Opt(help="Diffusers model id or local folder (default: the embedded model).")] = None,
-    grid: Annotated[bool, Opt(help="Also run stock and CFG; write grid.png: stock | CFG | NAG.")] = False,
+    model: Annotated[
+        str | None,
+        Opt(help="tiny (default), tiny-flux or tiny-wan (video): an embedded model; else a diffusers id or folder."),
+    ] = None,
+    grid: Annotated[
+        bool, Opt(help="Also run stock and CFG; write grid.png (video: grid.webp): stock | CFG | NAG.")
+    ] = False,
     method: Annotated[str | None, Opt(help="stock, cfg or nag (default: nag with a negative, else stock).")] = None,
     scale: Annotated[float | None, Opt(help="NAG scale s ≥ 1, finite (1 = off; the paper's φ = s − 1).")] = None,
     tau: Annotated[
@@ -182,17 +187,21 @@ def generate(
         int | None, Opt(help="Image height: a multiple of 8, at most 4096 (default: the model's).")
     ] = None,
     width: Annotated[int | None, Opt(help="Image width: a multiple of 8, at most 4096 (default: the model's).")] = None,
+    num_frames: Annotated[
+        int | None, Opt("--num-frames", help="Video models: frames per clip (default: the model's).")
+    ] = None,
     device: Annotated[str, Opt(help="torch device: cpu, cuda, cuda:1, mps... (checked before loading)")] = "cpu",
     dtype: Annotated[str, Opt(help="float32, float16 or bfloat16.")] = "float32",
     prompts: Annotated[Path | None, Opt(help="Text file of prompts, one per line: a (distributed) batch.")] = None,
 ) -> None:
-    """Generate images with NAG (with --grid, also stock and CFG side by side); PNGs carry their parameters."""
+    """Generate images with NAG (with --grid, also stock and CFG side by side); PNGs carry their parameters (video
+    models: animated WebPs)."""
     from nag_guidance import generation
 
     settings = dict(
         negative=negative, steps=steps, num_images=num_images, seed=seed, scale=scale, tau=tau, alpha=alpha,
         start=start, end=end, window=window, pooled=pooled, guidance=guidance, cfg_scale=cfg_scale, height=height,
-        width=width,
+        width=width, num_frames=num_frames,
     )  # fmt: skip
     if prompts is not None:
         if prompt is not None or grid:
@@ -226,9 +235,14 @@ def generate(
         for result in results.values():
             written += generation.save(result, out)
         if grid:
-            columns = {"stock": results["stock"].images, "CFG": results["cfg"].images, "NAG": results["nag"].images}
-            save_png(generation.grid(columns), out / "grid.png")
-            written.append(out / "grid.png")
+            names = {"stock": "stock", "CFG": "cfg", "NAG": "nag"}
+            if results["stock"].videos:
+                strips = generation.video_grid({k: results[m].videos for k, m in names.items()})
+                generation.save_webp(strips, out / "grid.webp")
+                written.append(out / "grid.webp")
+            else:
+                save_png(generation.grid({k: results[m].images for k, m in names.items()}), out / "grid.png")
+                written.append(out / "grid.png")
     for result in results.values():
         if result.report is not None:
             console.print(f"[dim]{result.report}[/]", soft_wrap=True)
@@ -330,6 +344,8 @@ def evaluate(
     from nag_guidance.tiny.loading import MODELS
 
     embedded = model or "tiny"
+    if embedded == "tiny-wan" and clip_model is None:
+        fail("nag eval measures the image models (tiny, tiny-flux); the video model tiny-wan has no eval suite yet")
     own_model = embedded not in MODELS or clip_model is not None
     if own_model and (model is None or clip_model is None or pairs is None):
         fail(

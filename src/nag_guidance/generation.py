@@ -1,5 +1,6 @@
 """Generation as the CLI, the web page, the evaluation and the batch runner do it: load a model, run it stock,
-with CFG on the negative, or with NAG on the negative, and save PNGs that carry their parameters.
+with CFG on the negative, or with NAG on the negative, and save PNGs that carry their parameters (video models:
+animated WebPs, the parameters in their EXIF description).
 
 Every default (steps, guidance, NAG parameters) comes from the presets table, through the model's family —
 or the ``tiny`` preset for the embedded model.
@@ -23,10 +24,10 @@ from PIL import Image, ImageDraw, PngImagePlugin, UnidentifiedImageError
 
 from nag_guidance import __version__
 from nag_guidance.config import NAGConfig, Preset, get_preset
-from nag_guidance.files import save_png
+from nag_guidance.files import save_png, write_atomically
 
 EMBEDDED = "embedded"
-EMBEDDED_MODELS = {EMBEDDED: "tiny", "tiny": "tiny", "tiny-flux": "tiny-flux"}
+EMBEDDED_MODELS = {EMBEDDED: "tiny", "tiny": "tiny", "tiny-flux": "tiny-flux", "tiny-wan": "tiny-wan"}
 """``--model`` names of the shipped models -> their ``tiny.load_pipeline(model=...)`` name."""
 """The model name of the few-step model shipped in the package."""
 
@@ -47,6 +48,12 @@ SIDE_MULTIPLE = 8
 """Heights and widths are multiples of this (every supported family's VAE downsamples by at least 8)."""
 MAX_SEED = 2**63 - 1
 """Largest seed of any image of a request (what ``torch.Generator.manual_seed`` takes, signed)."""
+MAX_FRAMES = 1001
+"""Most frames a video request may ask for."""
+VIDEO_FPS = 8
+"""Frame rate written into animated WebPs (tiny-wan's 9 frames: about a second)."""
+EXIF_DESCRIPTION = 0x010E
+"""EXIF ImageDescription: where a WebP written by ``save`` keeps its parameters (as JSON)."""
 
 
 class ModelLoadError(RuntimeError):
@@ -85,6 +92,7 @@ class Request:
     num_images: int = 1
     height: int | None = None
     width: int | None = None
+    num_frames: int | None = None
     scale: float | None = None
     tau: float | None = None
     alpha: float | None = None
@@ -98,7 +106,7 @@ class Request:
         if self.negative is not None:
             check_text("negative", self.negative)
         ints = {"steps": self.steps, "seed": self.seed, "num_images": self.num_images}
-        ints |= {"height": self.height, "width": self.width}
+        ints |= {"height": self.height, "width": self.width, "num_frames": self.num_frames}
         for name, value in ints.items():
             if value is not None:
                 object.__setattr__(self, name, _whole(name, value))
@@ -107,6 +115,8 @@ class Request:
                 object.__setattr__(self, name, _real(name, getattr(self, name)))
         if not 1 <= self.num_images <= MAX_NUM_IMAGES:
             raise ValueError(f"num_images={self.num_images} is invalid: allowed is 1 to {MAX_NUM_IMAGES}")
+        if self.num_frames is not None and not 1 <= self.num_frames <= MAX_FRAMES:
+            raise ValueError(f"num_frames={self.num_frames} is invalid: allowed is 1 to {MAX_FRAMES}")
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps={self.steps} is invalid: allowed is 1 to {MAX_STEPS}")
         if not 0 <= self.seed <= MAX_SEED - (self.num_images - 1):
@@ -216,18 +226,20 @@ def check_output_folder(folder: Path, option: str = "--out") -> Path:
 
 @dataclass
 class Result:
-    """The images of one method, each with the metadata written into its PNG."""
+    """The images of one method, each with the metadata written into its PNG; for a video model ``videos`` holds
+    the clips (lists of frames) and ``images`` their first frames."""
 
     method: str
     images: list[Image.Image]
     metadata: list[dict[str, Any]]
     report: Any = None
+    videos: list[list[Image.Image]] | None = None
 
 
 def load(model: str | None = None, device: str = "cpu", dtype: str = "float32", preset: str | None = None) -> Model:
     """Load ``model`` (None, "embedded" or "tiny": the shipped UNet model; "tiny-flux": the shipped Flux-type one;
-    else a diffusers model id or local folder) and apply NAG. Raises ``ModelLoadError`` with a readable reason
-    instead of a traceback wall."""
+    "tiny-wan": the shipped video model; else a diffusers model id or local folder) and apply NAG. Raises
+    ``ModelLoadError`` with a readable reason instead of a traceback wall."""
     import nag_guidance as nag
 
     if dtype not in DTYPES:
@@ -298,13 +310,20 @@ def run(model: Model, request: Request, method: str, progress: Callable[[int, in
     pipe, preset = model.pipe, model.preset
     steps = request.steps or preset.steps or 25
     guidance = request.guidance if request.guidance is not None else preset.guidance_scale
+    video = _accepts(pipe, "num_frames")
+    if request.num_frames is not None and not video:
+        raise ValueError(f"num_frames is for video models; {type(pipe).__name__} makes images")
     kwargs: dict[str, Any] = {
         "prompt": request.prompt,
         "num_inference_steps": steps,
         "generator": [torch.Generator().manual_seed(request.seed + i) for i in range(request.num_images)],
-        "num_images_per_prompt": request.num_images,
+        "num_videos_per_prompt" if video else "num_images_per_prompt": request.num_images,
         **model.call_defaults,
     }
+    if video:
+        kwargs["output_type"] = "pil"
+        if request.num_frames:
+            kwargs["num_frames"] = request.num_frames
     if request.height:
         kwargs["height"] = request.height
     if request.width:
@@ -324,7 +343,9 @@ def run(model: Model, request: Request, method: str, progress: Callable[[int, in
         kwargs.update({f"nag_{name}": value for name, value in config.as_dict().items()})  # every NAGConfig field
     if progress is not None and _accepts(pipe, "callback_on_step_end"):
         kwargs["callback_on_step_end"] = _step_callback(progress, steps)
-    images = pipe(**kwargs).images
+    output = pipe(**kwargs)
+    videos = [list(clip) for clip in output.frames] if video else None
+    images = [clip[0] for clip in videos] if videos else list(output.images)
     report = pipe.nag_report if method == "nag" else None
     parameters = {
         "prompt": request.prompt,
@@ -340,8 +361,10 @@ def run(model: Model, request: Request, method: str, progress: Callable[[int, in
         "width": images[0].width,
         "nag_guidance_version": __version__,
     }
+    if videos:
+        parameters |= {"num_frames": len(videos[0]), "fps": VIDEO_FPS}
     metadata = [{**parameters, "seed": request.seed + i} for i in range(len(images))]
-    return Result(method=method, images=list(images), metadata=metadata, report=report)
+    return Result(method=method, images=images, metadata=metadata, report=report, videos=videos)
 
 
 def _family(model: Model):
@@ -386,41 +409,79 @@ def png_info(metadata: dict[str, Any]) -> PngImagePlugin.PngInfo:
     return info
 
 
+def save_webp(frames: Sequence[Image.Image], target: Any, metadata: dict[str, Any] | None = None) -> None:
+    """An animated, lossless WebP (exact pixels: the video checker can read it back) looping at ``VIDEO_FPS``,
+    with ``metadata`` as JSON in its EXIF description."""
+    exif = Image.Exif()
+    if metadata is not None:
+        exif[EXIF_DESCRIPTION] = json.dumps(metadata, sort_keys=True)
+    first, *rest = frames
+    first.save(target, format="WEBP", save_all=True, append_images=rest, duration=round(1000 / VIDEO_FPS), loop=0,
+               lossless=True, exif=exif.tobytes())  # fmt: skip
+
+
 def save(result: Result, folder: Path, prefix: str = "", overwrite: bool = True) -> list[Path]:
-    """Write ``{prefix}{method}-{seed}.png`` files with their metadata; returns the paths. With
-    ``overwrite=False`` an existing file is never replaced: the new one gets a ``-1``, ``-2``... suffix. Each
-    file is whole or absent: a full disk raises ``OSError`` and leaves no partial PNG (``files``)."""
+    """Write ``{prefix}{method}-{seed}.png`` files (videos: animated ``.webp``) with their metadata; returns the
+    paths. With ``overwrite=False`` an existing file is never replaced: the new one gets a ``-1``, ``-2``...
+    suffix. Each file is whole or absent: a full disk raises ``OSError`` and leaves no partial file (``files``)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for image, metadata in zip(result.images, result.metadata, strict=True):
+    clips = result.videos or [None] * len(result.images)
+    suffix = ".webp" if result.videos else ".png"
+    for image, clip, metadata in zip(result.images, clips, result.metadata, strict=True):
         stem = f"{prefix}{result.method}-{metadata['seed']:05d}"
-        info = png_info(metadata)
-        names = [f"{stem}.png"] if overwrite else (f"{stem}{f'-{n}' if n else ''}.png" for n in itertools.count())
+        names = (
+            [f"{stem}{suffix}"] if overwrite else (f"{stem}{f'-{n}' if n else ''}{suffix}" for n in itertools.count())
+        )
         for name in names:
             path = folder / name
-            if save_png(image, path, info, replace=overwrite):
+            if clip is not None:
+                written = write_atomically(path, lambda file, c=clip, m=metadata: save_webp(c, file, m), overwrite)
+            else:
+                written = save_png(image, path, png_info(metadata), replace=overwrite)
+            if written:
                 break
         paths.append(path)
     return paths
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """The parameters a PNG written by ``save`` carries. Any other file raises ``MetadataError`` saying why: not
-    a readable PNG, no "parameters" text chunk, or one that is not a JSON object (other tools write their own)."""
+    """The parameters a PNG (or animated WebP) written by ``save`` carries. Any other file raises
+    ``MetadataError`` saying why: not a readable image, no parameters, or parameters that are not a JSON object
+    (other tools write their own)."""
     try:
         with Image.open(path) as image:
-            text = getattr(image, "text", {}).get("parameters")  # only PNGs have text chunks
+            if image.format == "WEBP":
+                text = image.getexif().get(EXIF_DESCRIPTION)
+            else:
+                text = getattr(image, "text", {}).get("parameters")  # only PNGs have text chunks
     except (UnidentifiedImageError, SyntaxError, ValueError) as error:  # not an image; a broken or oversized chunk
-        raise MetadataError(f"{path} is not a readable PNG ({error})") from None
+        raise MetadataError(f"{path} is not a readable PNG or WebP ({error})") from None
     if text is None:
-        raise MetadataError(f"{path} carries no nag-guidance parameters (no 'parameters' text chunk)")
+        raise MetadataError(f"{path} carries no nag-guidance parameters (no 'parameters' text chunk or EXIF text)")
     try:
         parameters = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise MetadataError(f"{path}: its 'parameters' text chunk is not JSON (another tool's?)") from None
+        raise MetadataError(f"{path}: its parameters text is not JSON (another tool's?)") from None
     if not isinstance(parameters, dict):
-        raise MetadataError(f"{path}: its 'parameters' text chunk is JSON {type(parameters).__name__}, not an object")
+        raise MetadataError(f"{path}: its parameters text is JSON {type(parameters).__name__}, not an object")
     return parameters
+
+
+def read_frames(path: Path) -> list[Image.Image]:
+    """Every frame of an animated image (RGB)."""
+    with Image.open(path) as image:
+        frames = []
+        for index in range(getattr(image, "n_frames", 1)):
+            image.seek(index)
+            frames.append(image.convert("RGB"))
+        return frames
+
+
+def video_grid(columns: dict[str, Sequence[Sequence[Image.Image]]], cell: int = 256) -> list[Image.Image]:
+    """``grid`` frame by frame: one labelled column of clips per method, one row per seed."""
+    count = min(len(clip) for clips in columns.values() for clip in clips)
+    return [grid({name: [clip[f] for clip in clips] for name, clips in columns.items()}, cell) for f in range(count)]
 
 
 def grid(columns: dict[str, Sequence[Image.Image]], cell: int = 256, label_height: int = 20) -> Image.Image:

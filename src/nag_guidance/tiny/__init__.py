@@ -24,7 +24,9 @@ _LOADING_NAMES = (
     "load_feature_net",
     "load_pipeline",
     "load_teacher_unet",
+    "load_wan_pipeline",
     "verify_weights",
+    "wan_weights_path",
     "weights_path",
 )
 
@@ -32,10 +34,13 @@ __all__ = list(_LOADING_NAMES)
 
 
 def _embedded_preset(pipe: Any) -> str | None:
-    """The embedded models get their own measured presets (``nag.apply`` asks this rule before the family's)."""
-    from nag_guidance.tiny.loading import embedded_model
+    """The embedded models get their own measured presets (``nag.apply`` asks this rule before the family's); one
+    without a row of its own yet gets its ``FALLBACK_PRESETS`` entry."""
+    from nag_guidance.config import PRESETS
+    from nag_guidance.tiny.loading import FALLBACK_PRESETS, embedded_model
 
-    return embedded_model(pipe)
+    name = embedded_model(pipe)
+    return name if name is None or name in PRESETS else FALLBACK_PRESETS.get(name)
 
 
 register_preset_rule(_embedded_preset)

@@ -47,14 +47,15 @@ WORD_PREFIX = "▁"
 """SentencePiece's word-start marker (the tokenizer's Metaspace pre-tokenizer adds it)."""
 
 
-def build_t5_tokenizer() -> T5Tokenizer:
+def build_t5_tokenizer(vocabulary: tuple[str, ...] = VOCABULARY, max_length: int = TEXT_TOKENS) -> T5Tokenizer:
     """Unigram vocabulary: the special tokens, one piece per caption word (high score, so a known word is always
-    one token) and single characters (low score: unknown words still tokenize)."""
-    words = [WORD_PREFIX + w for w in sorted(set(VOCABULARY))]
-    letters = sorted({ch for w in VOCABULARY for ch in w} | set("abcdefghijklmnopqrstuvwxyz"))
+    one token) and single characters (low score: unknown words still tokenize). tiny-wan passes its own words
+    and length."""
+    words = [WORD_PREFIX + w for w in sorted(set(vocabulary))]
+    letters = sorted({ch for w in vocabulary for ch in w} | set("abcdefghijklmnopqrstuvwxyz"))
     pieces = [(PAD_TOKEN, 0.0), (EOS_TOKEN, 0.0), (UNK_TOKEN, 0.0)]
     pieces += [(w, -1.0) for w in words] + [(WORD_PREFIX, -5.0)] + [(ch, -10.0) for ch in letters]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=TEXT_TOKENS)
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
 
 def build_t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:

@@ -8,32 +8,42 @@ teacher (``UNet2DConditionModel.from_pretrained``); ``features/`` is the Fréche
 The second model, ``tiny-flux``, lives in ``tiny/weights/flux/`` with its own manifest (the SD manifest and
 export leave that folder alone): ``pipeline/`` is a stock ``FluxPipeline.from_pretrained`` folder (student
 transformer as ``transformer/``), ``teacher_transformer/`` the multi-step teacher, plus ``metadata.json``.
+
+The third, the video model ``tiny-wan``, lives in ``tiny/weights/wan/`` the same way: ``pipeline/`` is a stock
+``WanPipeline.from_pretrained`` folder, ``teacher_transformer/`` its multi-step teacher.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import inspect
 import json
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
     AutoencoderKL,
+    DiffusionPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
     StableDiffusionPipeline,
     UNet2DConditionModel,
+    WanPipeline,
+    WanTransformer3DModel,
 )
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
+from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer, UMT5EncoderModel
 
 from nag_guidance.tiny.data import IMAGE_SIZE
 from nag_guidance.tiny.features import FeatureNet
 from nag_guidance.tiny.flux_model import DEFAULT_SAMPLE_SIZE, TEXT_TOKENS, build_flux_scheduler
 from nag_guidance.tiny.model import build_scheduler
+from nag_guidance.tiny.video_data import FRAMES
 
 DEFAULT_STEPS = 4
 """The student's default number of Euler steps (it is distilled for 1, 2 and 4)."""
@@ -52,7 +62,12 @@ FEATURES_FILE = "features/model.safetensors"
 METADATA_FILE = "metadata.json"
 FLUX_DIR = "flux"
 FLUX_TEACHER_DIR = "teacher_transformer"
-MODELS = ("tiny", "tiny-flux")
+WAN_DIR = "wan"
+WAN_TEACHER_DIR = "teacher_transformer"
+MODELS = ("tiny", "tiny-flux", "tiny-wan")
+FALLBACK_PRESETS = {"tiny-wan": "wan-4step"}
+"""The preset an embedded model gets while the presets table has no row of its own name (tiny-wan: the NAG
+authors' 4-step Wan preset, not measured on it)."""
 FLUX_MAX_SEQUENCE_LENGTH = TEXT_TOKENS
 """What to pass as ``max_sequence_length`` when calling the tiny-flux pipeline (it is trained with this many
 T5 tokens; Flux attends to padding, so the pipeline's default of 512 gives worse images)."""
@@ -93,14 +108,24 @@ def flux_weights_path() -> Path:
     return weights_path() / FLUX_DIR
 
 
+def wan_weights_path() -> Path:
+    """Folder of the shipped tiny-wan weights."""
+    return weights_path() / WAN_DIR
+
+
 def embedded_model(pipe: object) -> str | None:
-    """Which shipped model ``pipe`` was loaded from ("tiny", "tiny-flux"; None: another folder). Each gets the
-    preset of its name."""
+    """Which shipped model ``pipe`` was loaded from ("tiny", "tiny-flux", "tiny-wan"; None: another folder).
+    Each gets the preset of its name."""
     name = getattr(pipe, "name_or_path", None)
     if not name:
         return None
     folder = Path(name).resolve()
-    return {weights_path() / PIPELINE_DIR: "tiny", flux_weights_path() / PIPELINE_DIR: "tiny-flux"}.get(folder)
+    folders = {
+        weights_path() / PIPELINE_DIR: "tiny",
+        flux_weights_path() / PIPELINE_DIR: "tiny-flux",
+        wan_weights_path() / PIPELINE_DIR: "tiny-wan",
+    }
+    return folders.get(folder)
 
 
 def is_embedded(pipe: object) -> bool:
@@ -200,16 +225,18 @@ def load_pipeline(
     path: Path | None = None,
     verify: bool = True,
     model: str = "tiny",
-) -> StableDiffusionPipeline | FluxPipeline:
+) -> StableDiffusionPipeline | FluxPipeline | WanPipeline:
     """The embedded model as a stock ``StableDiffusionPipeline`` (no safety checker), ``unet`` = "student"
     (few-step, default) or "teacher" (many-step rectified flow, same text encoder and VAE).
 
     ``model="tiny-flux"`` gives the second embedded model instead (``load_flux_pipeline``; ``unet`` then picks
-    its student or teacher transformer)."""
+    its student or teacher transformer; ``"tiny-wan"``: the video model, ``load_wan_pipeline``)."""
     if model not in MODELS:
         raise ValueError(f"model={model!r} is unknown; allowed: {', '.join(MODELS)}")
     if model == "tiny-flux":
         return load_flux_pipeline(device, dtype, unet, path, verify)
+    if model == "tiny-wan":
+        return load_wan_pipeline(device, dtype, unet, path, verify)
     if unet not in ("student", "teacher"):
         raise ValueError(f"unet={unet!r} is unknown; allowed: student, teacher")
     root = Path(path) if path is not None else weights_path()
@@ -281,6 +308,86 @@ def write_flux_weights(
     )
     pipe.save_pretrained(root / PIPELINE_DIR)
     copy_as(teacher, half).save_pretrained(root / FLUX_TEACHER_DIR)
+    (root / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    write_manifest(root)
+
+
+WAN_CALL_DEFAULTS: dict[str, Any] = {
+    "height": IMAGE_SIZE,
+    "width": IMAGE_SIZE,
+    "num_frames": FRAMES,
+    "num_inference_steps": DEFAULT_STEPS,
+    "guidance_scale": DEFAULT_GUIDANCE,
+}
+"""What ``load_wan_pipeline``'s pipeline uses for the arguments the caller leaves out: WanPipeline's own defaults
+(480×832, 81 frames, 50 steps, CFG 5) are those of the 14B model, and it has no attribute that sets them."""
+
+
+def with_call_defaults(pipe: DiffusionPipeline, defaults: dict[str, Any]) -> DiffusionPipeline:
+    """``pipe`` with other defaults for some ``__call__`` arguments, given ones still winning. The pipeline's class
+    becomes a subclass of the same name (like ``nag.apply``'s), so ``isinstance`` and family detection still
+    see the stock class, and ``inspect.signature`` shows the stock signature with these defaults."""
+    base = type(pipe)
+
+    @functools.wraps(base.__call__)
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return base.__call__(self, *args, **{**defaults, **kwargs})
+
+    signature = inspect.signature(base.__call__)
+    parameters = [p.replace(default=defaults.get(name, p.default)) for name, p in signature.parameters.items()]
+    __call__.__signature__ = signature.replace(parameters=parameters)
+    pipe.__class__ = type(base.__name__, (base,), {"__call__": __call__, "__module__": base.__module__})
+    return pipe
+
+
+def load_wan_pipeline(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    transformer: str = "student",
+    path: Path | None = None,
+    verify: bool = True,
+) -> WanPipeline:
+    """The tiny-wan video model as a stock ``WanPipeline``, ``transformer`` = "student" (1–4 steps, default) or
+    "teacher" (many-step rectified flow). Called without them, it makes 32×32 clips of 9 frames in 4 steps
+    without CFG (``WAN_CALL_DEFAULTS``); it was trained on the pipeline's default ``max_sequence_length``."""
+    if transformer not in ("student", "teacher"):
+        raise ValueError(f"transformer={transformer!r} is unknown; allowed: student, teacher")
+    root = Path(path) if path is not None else wan_weights_path()
+    if verify:
+        verify_weights(root)
+    components = {}
+    if transformer == "teacher":
+        components["transformer"] = WanTransformer3DModel.from_pretrained(root / WAN_TEACHER_DIR, dtype=dtype)
+    pipe = WanPipeline.from_pretrained(root / PIPELINE_DIR, dtype=dtype, **components)
+    pipe.set_progress_bar_config(disable=True)
+    defaults = dict(WAN_CALL_DEFAULTS)
+    if transformer == "teacher":
+        defaults["num_inference_steps"] = TEACHER_STEPS
+    return with_call_defaults(pipe.to(device), defaults)
+
+
+def write_wan_weights(
+    root: Path,
+    tokenizer: T5Tokenizer,
+    text_encoder: UMT5EncoderModel,
+    vae: torch.nn.Module,
+    student: WanTransformer3DModel,
+    teacher: WanTransformer3DModel,
+    metadata: dict,
+) -> None:
+    """Write the tiny-wan weights folder and its manifest, replacing what was there (fp16 transformers and VAE,
+    fp32 text encoder, for the reason given in ``write_weights``)."""
+    _clear(root)
+    half = torch.float16
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=copy_as(text_encoder, torch.float32),
+        vae=copy_as(vae, half),
+        scheduler=build_scheduler(),
+        transformer=copy_as(student, half),
+    )
+    pipe.save_pretrained(root / PIPELINE_DIR)
+    copy_as(teacher, half).save_pretrained(root / WAN_TEACHER_DIR)
     (root / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     write_manifest(root)
 

@@ -341,19 +341,35 @@ def sample_sigmas(count: int, generator: torch.Generator) -> torch.Tensor:
     return torch.where(pick, uniform, logit_normal).clamp(1e-3, 1.0)
 
 
+def image_latent_batch(vae: AutoencoderKL, seed: int) -> LatentBatch:
+    """The image models' teacher data: ``data.training_batch`` images encoded by ``vae``."""
+
+    def batch(step: int, size: int) -> tuple[torch.Tensor, list[str]]:
+        images, _, texts = data.training_batch(seed, step, size)
+        return encode_latents(vae, images), texts
+
+    return batch
+
+
 def fit_teacher(
     out: Path,
     recipe: FlowRecipe,
     timer: StageTimer,
-    vae: AutoencoderKL,
+    vae: AutoencoderKL | None,
     flow: Flow,
     encode: Callable[[list[str]], Cond],
     trained: dict[str, torch.nn.Module],
     denoiser: str,
+    batches: LatentBatch | None = None,
 ) -> None:
     """Train the modules in ``trained`` jointly as a rectified flow (v = ε − x0 at x_σ = (1−σ)x0 + σε), with
     the data's empty captions as caption dropout; ``encode`` turns captions into the denoiser's condition
-    (gradients flowing into the text encoders). Saves the EMA weights, by name, to ``teacher/final.pt``."""
+    (gradients flowing into the text encoders). The data are ``batches`` (default: the procedural images encoded
+    by ``vae``). Saves the EMA weights, by name, to ``teacher/final.pt``."""
+    if batches is None:
+        if vae is None:
+            raise ValueError("fit_teacher needs a vae or batches")
+        batches = image_latent_batch(vae, recipe.seed + 3)
     emas = {name: copy.deepcopy(module).requires_grad_(False) for name, module in trained.items()}
     params = [p for module in trained.values() for p in module.parameters()]
     optimizer = torch.optim.AdamW(params, lr=recipe.teacher_lr, weight_decay=0.01)
@@ -361,11 +377,10 @@ def fit_teacher(
     total = recipe.teacher_steps
     running = None
     for step in training_loop(out, "teacher", total, recipe.save_every, modules, optimizer, timer):
-        images, _, texts = data.training_batch(recipe.seed + 3, step, recipe.teacher_batch)
-        x0 = encode_latents(vae, images)
+        x0, texts = batches(step, recipe.teacher_batch)
         generator = step_generator(3, step)
         noise = torch.randn(x0.shape, generator=generator)
-        sigma = sample_sigmas(len(x0), generator).view(-1, 1, 1, 1)
+        sigma = per_sample(sample_sigmas(len(x0), generator), x0)
         x = (1 - sigma) * x0 + sigma * noise
         v = flow.predict(trained[denoiser], x, sigma.flatten() * flow.timestep_scale, encode(texts))
         loss = F.mse_loss(v, noise - x0)
@@ -428,12 +443,23 @@ def cond_map(fn: Callable[..., torch.Tensor], *conds: Cond) -> Cond:
 @dataclass(frozen=True)
 class Flow:
     """How the shared stages drive one model family: ``predict(model, x, timesteps, cond)`` is the velocity at
-    latents ``x`` (N, 4, 16, 16); the model's timestep is ``timestep_scale · σ``; ``grid(steps)`` gives the
-    sigmas (ending in 0) and model timesteps of the inference grid."""
+    latents ``x`` (N, *latent_shape); the model's timestep is ``timestep_scale · σ``; ``grid(steps)`` gives the
+    sigmas (ending in 0) and model timesteps of the inference grid. ``latent_shape`` is one sample's latents
+    (the image models' (4, 16, 16); tiny-wan's video latents have a frame axis too)."""
 
     predict: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, Cond], torch.Tensor]
     timestep_scale: float
     grid: Callable[[int], tuple[tuple[float, ...], tuple[float, ...]]]
+    latent_shape: tuple[int, ...] = (LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
+
+
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) values shaped to broadcast against the (N, ...) tensor ``like``, whatever its number of axes."""
+    return values.view(-1, *[1] * (like.ndim - 1))
+
+
+LatentBatch = Callable[[int, int], tuple[torch.Tensor, list[str]]]
+"""``(step, batch) → (x0 latents, captions)``: the teacher's training data, a pure function of its arguments."""
 
 
 SD_FLOW = Flow(predict=lambda unet, x, t, cond: unet(x, t, cond).sample, timestep_scale=NUM_TRAIN_TIMESTEPS, grid=grid)
@@ -474,9 +500,16 @@ def sample_trajectories(
     flow: Flow,
     teacher: torch.nn.Module,
     encode: Callable[[list[str]], Cond],
+    captions: Callable[[int, int], list[str]] | None = None,
 ) -> None:
     """The teacher's guided ODE from fresh noise on its ``trajectory_steps`` grid, keeping the noise, the
-    endpoint and the states on the student's 4-step grid, in chunks under ``trajectories/``."""
+    endpoint and the states on the student's 4-step grid, in chunks under ``trajectories/``. ``captions(chunk,
+    count)`` gives each chunk's captions (default: those of ``data.training_batch``)."""
+
+    def image_captions(chunk: int, count: int) -> list[str]:
+        return data.training_batch(recipe.seed + 4, chunk, count)[2]
+
+    captions = captions or image_captions
     sigmas, timesteps = flow.grid(recipe.trajectory_steps)
     kept_indices = grid_positions(sigmas, flow.grid(STUDENT_GRID_STEPS)[0][1:-1])
     folder = out / "trajectories"
@@ -490,13 +523,11 @@ def sample_trajectories(
             continue
         GOVERNOR.update()
         began = time.perf_counter()
-        _, _, texts = data.training_batch(recipe.seed + 4, chunk, recipe.trajectory_batch)
+        texts = captions(chunk, recipe.trajectory_batch)
         with torch.no_grad():
             cond = encode(texts)
             uncond = cond_map(lambda u, c: u.expand_as(c), empty, cond)
-            noise = torch.randn(
-                (len(texts), LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE), generator=step_generator(4, chunk)
-            )
+            noise = torch.randn((len(texts), *flow.latent_shape), generator=step_generator(4, chunk))
             x, states = noise, []
             for i, t in enumerate(timesteps):
                 v = velocity(flow, teacher, x, t, cond, uncond, recipe.trajectory_guidance)
@@ -542,10 +573,10 @@ def student_inputs(
     """
     sigmas, timesteps = flow.grid(STUDENT_GRID_STEPS)
     noise, end = pool["noise"][index], pool["end"][index]
-    sigma = torch.tensor(sigmas)[level].view(-1, 1, 1, 1)
+    sigma = per_sample(torch.tensor(sigmas)[level], noise)
     teacher_state = torch.cat([noise[:, None], pool["states"][index]], 1)[torch.arange(len(index)), level]
-    straight = torch.where(level.view(-1, 1, 1, 1) == 0, noise, sigma * noise + (1 - sigma) * end)
-    x = torch.where(mode.view(-1, 1, 1, 1) == 0, teacher_state, straight)
+    straight = torch.where(per_sample(level, noise) == 0, noise, sigma * noise + (1 - sigma) * end)
+    x = torch.where(per_sample(mode, noise) == 0, teacher_state, straight)
     rollout = (mode == 2) & (level > 0)
     if rollout.any():
         rows = rollout.nonzero().flatten()
@@ -556,10 +587,10 @@ def student_inputs(
             for k in range(int(level[rows].max())):
                 t = torch.full((len(rows),), float(timesteps[k]))
                 v = flow.predict(student, state, t, row_cond)
-                active = (level[rows] > k).view(-1, 1, 1, 1)
+                active = per_sample(level[rows] > k, state)
                 jump = torch.where(two_step & (k == 0), sigmas[2] - sigmas[0], sigmas[k + 1] - sigmas[k])
-                stepped = state + jump.view(-1, 1, 1, 1) * v
-                state = torch.where(active & ~(two_step & (k == 1)).view(-1, 1, 1, 1), stepped, state)
+                stepped = state + per_sample(jump, state) * v
+                state = torch.where(active & per_sample(~(two_step & (k == 1)), state), stepped, state)
         x[rows] = state
     return x
 
@@ -590,10 +621,10 @@ def distil_student(
         with torch.no_grad():
             cond = encode([pool["captions"][i] for i in index])
         x = student_inputs(pool, index, level, mode, student, cond, generator, flow)
-        sigma = torch.tensor(sigmas)[level].view(-1, 1, 1, 1)
+        sigma = per_sample(torch.tensor(sigmas)[level], x)
         t = torch.tensor(timesteps, dtype=torch.float32)[level]
         v = flow.predict(student, x, t, cond)
-        errors = (x - sigma * v - pool["end"][index]).pow(2).mean((1, 2, 3))
+        errors = (x - sigma * v - pool["end"][index]).pow(2).flatten(1).mean(1)
         loss = errors.mean()
         per_level = torch.zeros(STUDENT_GRID_STEPS).index_add_(0, level, errors.detach())
         per_level /= torch.bincount(level, minlength=STUDENT_GRID_STEPS).clamp(min=1)
