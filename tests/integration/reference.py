@@ -11,6 +11,7 @@ conditional rows, then the layer's own output projection.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +77,8 @@ class ReferenceNAG:
     tau: float
     alpha: float
     cond_rows: int
+    rows_of: Callable[[int, int], slice] | None = None  # (batch, cond rows) -> the prompt's rows (default: the last)
+    skip: str | None = None  # layers whose name contains this are not text attention (motion modules)
 
     def install(self, pipe) -> None:
         self.mode = None
@@ -88,7 +91,7 @@ class ReferenceNAG:
             model.register_forward_pre_hook(self._shadow_forward, with_kwargs=True)
             model.register_forward_hook(self._forward_done)
             for name, module in model.named_modules():
-                if name.rsplit(".", 1)[-1] == self.attention:
+                if name.rsplit(".", 1)[-1] == self.attention and not (self.skip and self.skip in name):
                     module.forward = self._layer(module, f"{attr}.{name}")
 
     def _negative_batch(self, batch: int, like: torch.Tensor, mask_like):
@@ -118,7 +121,8 @@ class ReferenceNAG:
             module(**shadow)
         finally:
             self.mode = "guide"
-        self.rows = slice(text.shape[0] - self.cond_rows, text.shape[0])
+        batch = text.shape[0]
+        self.rows = self.rows_of(batch, self.cond_rows) if self.rows_of else slice(batch - self.cond_rows, batch)
         self.position = 0
         return None
 
