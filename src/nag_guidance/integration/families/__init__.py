@@ -71,12 +71,6 @@ def family_named(name: str) -> Family:
     return families[name]
 
 
-def supported_pipelines() -> dict[str, tuple[str, ...]]:
-    """Family name -> the diffusers pipeline classes tested on it (any pipeline around its denoiser classes is
-    guided too, see ``detect``)."""
-    return {family.name: family.pipelines for family in FAMILIES}
-
-
 def denoiser_of(pipe: Any, family: Family) -> tuple[str, Any] | None:
     """(attribute, module) of the first denoiser of ``family``'s classes that ``pipe`` holds (a compiled wrapper
     counts as the module inside), or None."""
@@ -111,4 +105,4 @@ def detect(pipe: Any) -> Family:
     )
 
 
-__all__ = ["FAMILIES", "denoiser_of", "detect", "family_named", "registered_families", "supported_pipelines"]
+__all__ = ["FAMILIES", "denoiser_of", "detect", "family_named", "registered_families"]
