@@ -56,7 +56,7 @@ def test_readme_states_the_coverage_counts():
     entries = coverage()
     count = {s: sum(e.status == s for e in entries) for s in ("guided", "refused", "not yet")}
     stated = (
-        f"Of the {len(entries)}\npipeline classes of diffusers 0.42.1 that take a prompt, {count['guided']} are guided, "
-        f"{count['refused']} refused with their reason and {count['not yet']} not\nyet"
+        f"Of the {len(entries)}\npipeline classes of diffusers 0.42.1 that take a prompt, "
+        f"{count['guided']} are guided, {count['refused']} refused with their reason and {count['not yet']} not\nyet"
     )
     assert stated in README
