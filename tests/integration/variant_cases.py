@@ -3,7 +3,9 @@ build each tiny and what it takes at call time, and how its batch lays out its b
 
 ``Variant.cond`` says, independently of the package, which rows of a denoiser batch of B rows for N prompt rows
 carry the prompt; the contract test checks the package's guided rows against it through the float64 reference.
-``CONTRACT`` holds one pipeline per branch structure; ``VARIANTS`` every guided pipeline (the smoke rows).
+``CONTRACT`` holds one pipeline per branch structure of the UNet families (the reference is the cross-attention
+one); ``VARIANTS`` every pipeline run with NAG on (the smoke rows), ``JOINT_VARIANTS`` those around the
+transformers.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Variant:
     steps: int = 2
     cfg: dict = field(default_factory=lambda: {"guidance_scale": 5.0})
     rows_per_prompt: int = 1  # denoiser rows per prompt in each branch (AnimateDiff: one per frame)
+    base: Callable[[], dict[str, Any]] = lambda: dict(height=16, width=16, output_type="latent")
 
     @property
     def id(self) -> str:
@@ -60,8 +63,7 @@ class Variant:
         """The call's arguments (no height / width where the size comes from the input image)."""
         import diffusers
 
-        call = dict(height=16, width=16, num_inference_steps=self.steps, output_type="latent")
-        call.update(self.cfg)
+        call = {**self.base(), "num_inference_steps": self.steps, **self.cfg}
         takes = inspect.signature(getattr(diffusers, self.pipeline).__call__).parameters
         call = {k: v for k, v in call.items() if k in takes}
         return {**call, **self.inputs(), **overrides}
@@ -235,3 +237,107 @@ def tensor_of(output: Any) -> torch.Tensor:
     """The first output tensor of a pipeline call (images, frames or latents)."""
     first = output[0]
     return first if isinstance(first, torch.Tensor) else torch.as_tensor(first)
+
+
+def _joint(make: str, **factories: Callable[[dict], Any]) -> Callable[[], dict[str, Callable[[], Any]]]:
+    from nag_guidance.testing import joint, transformer_variants
+
+    return lambda: transformer_variants.pool_of(getattr(joint, make), **factories)
+
+
+def _image(make: str, **factories: Callable[[dict], Any]) -> Callable[[], dict[str, Callable[[], Any]]]:
+    from nag_guidance.testing import image, transformer_variants
+
+    return lambda: transformer_variants.pool_of(getattr(image, make), **factories)
+
+
+def _call(module: str, name: str) -> Callable[[], dict[str, Any]]:
+    def base() -> dict[str, Any]:
+        import importlib
+
+        return getattr(importlib.import_module(f"nag_guidance.testing.{module}"), name)()
+
+    return base
+
+
+def _tv():
+    from nag_guidance.testing import transformer_variants
+
+    return transformer_variants
+
+
+_FLUX = dict(family="flux", denoiser="transformer", base=_call("joint", "flux_call_kwargs"), cfg={})
+_SD3 = dict(family="sd3", denoiser="transformer", base=_call("joint", "sd3_call_kwargs"), cfg={})
+_SANA = dict(family="sana", denoiser="transformer", base=_call("image", "sana_call_kwargs"), cfg={})
+_PIXART = dict(family="pixart", denoiser="transformer", base=_call("image", "pixart_call_kwargs"), cfg={})
+
+
+def _control32() -> dict[str, Any]:
+    return {"control_image": uv.condition_image(1, 16)}
+
+
+JOINT_VARIANTS: list[Variant] = [
+    Variant(
+        "FluxControlNetPipeline",
+        _joint("make_flux", controlnet=lambda c: _tv().flux_controlnet(c)),
+        _control32,
+        **_FLUX,
+    ),
+    Variant(
+        "FluxControlPipeline",
+        _joint("make_flux", transformer=lambda c: _tv().flux_transformer(32)(c)),
+        _control32,
+        **_FLUX,
+    ),
+    Variant(
+        "FluxFillPipeline",
+        _joint("make_flux", transformer=lambda c: _tv().flux_transformer(36)(c)),
+        lambda: {"image": uv.condition_image(2), "mask_image": uv.mask_image()},
+        **_FLUX,
+    ),
+    Variant(
+        "FluxControlImg2ImgPipeline",
+        _joint("make_flux", transformer=lambda c: _tv().flux_transformer(32)(c)),
+        lambda: {**_init(), **_control32()},
+        **_FLUX,
+    ),
+    Variant(
+        "FluxControlInpaintPipeline",
+        _joint("make_flux", transformer=lambda c: _tv().flux_transformer(32)(c)),
+        lambda: {**_inpaint(), **_control32()},
+        **_FLUX,
+    ),
+    Variant(
+        "FluxControlNetImg2ImgPipeline",
+        _joint("make_flux", controlnet=lambda c: _tv().flux_controlnet(c)),
+        lambda: {**_init(), **_control32()},
+        **_FLUX,
+    ),
+    Variant(
+        "FluxControlNetInpaintPipeline",
+        _joint("make_flux", controlnet=lambda c: _tv().flux_controlnet(c)),
+        lambda: {**_inpaint(), **_control32()},
+        **_FLUX,
+    ),
+    Variant(
+        "StableDiffusion3ControlNetPipeline",
+        _joint("make_sd3", controlnet=lambda c: _tv().sd3_controlnet(c)),
+        _control32,
+        **_SD3,
+    ),
+    Variant(
+        "StableDiffusion3PAGPipeline", _joint("make_sd3"), cond=_pag_cond, **{**_SD3, "cfg": {"guidance_scale": 5.0}}
+    ),
+    Variant(
+        "StableDiffusion3PAGImg2ImgPipeline",
+        _joint("make_sd3"),
+        _init,
+        cond=_pag_cond,
+        **{**_SD3, "cfg": {"guidance_scale": 5.0}},
+    ),
+    Variant("SanaPAGPipeline", _image("make_sana"), cond=_pag_cond, **{**_SANA, "cfg": {"guidance_scale": 5.0}}),
+    Variant(
+        "PixArtSigmaPAGPipeline", _image("make_pixart"), cond=_pag_cond, **{**_PIXART, "cfg": {"guidance_scale": 5.0}}
+    ),
+]
+VARIANTS += JOINT_VARIANTS

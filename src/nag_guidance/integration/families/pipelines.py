@@ -72,10 +72,13 @@ REFUSED: dict[str, str] = {
 
 def _branch_rows(pipe: Any, batch: int, prompts: int) -> slice | None:
     """Pipelines that batch [uncond, cond, perturbed] by their own flags: PAG (no perturbed branch with
-    ``pag_scale`` 0, no uncond without CFG) and AnimateDiff (its text rows repeated per frame). The cond branch,
+    ``pag_scale`` 0, no uncond without CFG) and AnimateDiff (its text rows repeated per frame); the joint
+    families' PAG layers run PAG's own processor for the whole batch, unguided. The cond branch,
     never the perturbed one, whose self-attention PAG replaces and whose text attention stays stock."""
-    cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
-    branches = 1 + cfg + bool(getattr(pipe, "do_perturbed_attention_guidance", False))
+    pag = bool(getattr(pipe, "do_perturbed_attention_guidance", False))
+    flag = getattr(pipe, "do_classifier_free_guidance", None)  # PixArt-Σ PAG keeps it local: the batch tells
+    cfg = bool(flag) if flag is not None else batch == (2 + pag) * prompts
+    branches = 1 + cfg + pag
     if batch % (branches * prompts):
         return None
     size = batch // branches
@@ -125,6 +128,10 @@ QUIRKS: dict[str, PipelineQuirks] = {
     **dict.fromkeys(
         (
             "AnimateDiffPipeline",
+            "StableDiffusion3PAGPipeline",
+            "StableDiffusion3PAGImg2ImgPipeline",
+            "SanaPAGPipeline",
+            "PixArtSigmaPAGPipeline",
             "AnimateDiffPAGPipeline",
             "AnimateDiffControlNetPipeline",
             "AnimateDiffSparseControlNetPipeline",
