@@ -197,6 +197,23 @@ VARIANTS += [
     Variant("StableDiffusionControlNetPAGInpaintPipeline", _sd, _inpaint_control, cond=_pag_cond),
     Variant("LatentConsistencyModelPipeline", _lcm),
     Variant("LatentConsistencyModelImg2ImgPipeline", _lcm, _init),
+    Variant(
+        "StableDiffusionUpscalePipeline",
+        lambda: (
+            _sd()
+            | {
+                "unet": lambda: uv.sd_unet(in_channels=7, out_channels=4),
+                "low_res_scheduler": uv.scheduler("DDPMScheduler"),
+            }
+        ),
+        lambda: {"image": uv.condition_image(2, 8)},
+    ),
+    Variant(
+        "StableDiffusionDepth2ImgPipeline",
+        lambda: _sd() | {"unet": lambda: uv.sd_unet(in_channels=5)},
+        lambda: {"image": uv.condition_image(2), "depth_map": torch.rand(1, 16, 16), "strength": 0.99},
+        given=lambda: {"depth_estimator": None},  # the depth map is given
+    ),
     # AnimateDiff / PIA: UNetMotionModel, its motion modules stay stock
     Variant("AnimateDiffPipeline", _sd, _video(), rows_per_prompt=2),
     Variant("AnimateDiffPAGPipeline", _sd, _video(), cond=_pag_cond),
