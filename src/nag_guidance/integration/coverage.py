@@ -129,7 +129,7 @@ def pipelines_cell(family: Family) -> str:
 
 def coverage_markdown(tested: set[str]) -> str:
     """docs/coverage.md: the counts, then one row per installed text pipeline (``tested``: the pipeline classes
-    the test suite runs with NAG on)."""
+    the test catalogues build and run with NAG on)."""
     import diffusers
 
     entries = coverage()
@@ -142,7 +142,8 @@ def coverage_markdown(tested: set[str]) -> str:
         " (regenerate: `NAG_WRITE_COVERAGE=1 pytest tests/integration/test_coverage_doc.py`).",
         "",
         f"Of the {len(entries)} diffusers pipeline classes whose `__call__` takes a `prompt`: **{counts['guided']} "
-        f"guided** ({ran} of them run with NAG on by the test suite, the others matched by their denoiser), "
+        f"guided** ({ran} of them built tiny and run with NAG on by the test catalogues of `tests/integration`, "
+        "the others matched by their class or denoiser only), "
         f"**{counts['refused']} refused** with a reason (`NotImplementedError`), **{counts['not yet']} not yet** "
         "(no family guides their denoiser: `NotImplementedError` naming it).",
         "",
