@@ -38,7 +38,7 @@ def text_pipelines() -> tuple[type, ...]:
     import diffusers
 
     classes = []
-    for name in sorted(getattr(diffusers, "_import_structure", {}).get("pipelines", [])):
+    for name in sorted(set(getattr(diffusers, "_import_structure", {}).get("pipelines", []))):  # some twice
         if not name.endswith("Pipeline"):
             continue
         try:
