@@ -49,10 +49,11 @@ class Variant:
     cfg: dict = field(default_factory=lambda: {"guidance_scale": 5.0})
     rows_per_prompt: int = 1  # denoiser rows per prompt in each branch (AnimateDiff: one per frame)
     base: Callable[[], dict[str, Any]] = lambda: dict(height=16, width=16, output_type="latent")
+    label: str = ""  # where one pipeline is checked in two layouts
 
     @property
     def id(self) -> str:
-        return self.pipeline
+        return f"{self.pipeline}-{self.label}" if self.label else self.pipeline
 
     def make(self) -> Any:
         import diffusers
@@ -248,6 +249,12 @@ CONTRACT = [
         "AnimateDiffPipeline",
     }
 ]
+# PAG without CFG batches [cond, perturbed]: CFG's [uncond, cond] rule would guide the perturbed rows
+CONTRACT.append(
+    Variant(
+        "StableDiffusionXLPAGPipeline", _sdxl, family="sdxl", cond=_first, cfg={"guidance_scale": 1.0}, label="no-cfg"
+    )
+)
 
 
 def tensor_of(output: Any) -> torch.Tensor:
