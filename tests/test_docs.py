@@ -36,3 +36,27 @@ def test_the_offline_example_runs(capsys):
     printed = capsys.readouterr().out
     tiny = get_preset("tiny").config  # the embedded model gets its own measured preset
     assert f"NAG (sd) scale={tiny.scale:g} tau={tiny.tau:g} alpha={tiny.alpha:g}" in printed and "4/4 steps" in printed
+
+
+def test_family_table_pipelines_are_the_coverage_data():
+    from nag_guidance.integration.coverage import pipelines_cell
+    from nag_guidance.integration.families import FAMILIES
+
+    section = README.split("### Supported families", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    cells = {row.split(" | ")[0].strip("| `"): row.split(" | ")[1] for row in rows}
+    assert {family.name: cells.get(family.name) for family in FAMILIES} == {
+        family.name: pipelines_cell(family) for family in FAMILIES
+    }
+
+
+def test_readme_states_the_coverage_counts():
+    from nag_guidance.integration.coverage import coverage
+
+    entries = coverage()
+    count = {s: sum(e.status == s for e in entries) for s in ("guided", "refused", "not yet")}
+    stated = (
+        f"Of the {len(entries)}\npipeline classes of diffusers 0.42.1 that take a prompt, "
+        f"{count['guided']} are guided, {count['refused']} refused with their reason and {count['not yet']} not\nyet"
+    )
+    assert stated in README

@@ -136,7 +136,7 @@ def presets() -> None:
 
 @app.command()
 def families() -> None:
-    """List the supported diffusers pipelines by architecture family."""
+    """List the guided diffusers pipelines by architecture family (tested ones first; see docs/coverage.md)."""
     from nag_guidance.integration import supported_pipelines
 
     for name, pipelines in supported_pipelines().items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,8 @@ class ReferenceNAG:
     tau: float
     alpha: float
     cond_rows: int
+    rows_of: Callable[[int, int], slice] | None = None  # (batch, cond rows) -> the prompt's rows (default: the last)
+    skip: str | None = None  # layers whose name contains this are not text attention (motion modules)
 
     def install(self, pipe) -> None:
         self.mode = None
@@ -95,7 +98,7 @@ class ReferenceNAG:
             model.register_forward_pre_hook(self._shadow_forward, with_kwargs=True)
             model.register_forward_hook(self._forward_done)
             for name, module in model.named_modules():
-                if is_text_layer(name, self.attention):
+                if is_text_layer(name, self.attention) and not (self.skip and self.skip in name):
                     module.forward = self._layer(module, f"{attr}.{name}")
 
     def _negative_batch(self, batch: int, like: torch.Tensor, mask_like):
@@ -125,7 +128,8 @@ class ReferenceNAG:
             module(**shadow)
         finally:
             self.mode = "guide"
-        self.batch = text.shape[0]
+        batch = self.batch = text.shape[0]
+        self.rows = self.rows_of(batch, self.cond_rows) if self.rows_of else slice(batch - self.cond_rows, batch)
         self.position = 0
         return None
 
@@ -142,7 +146,7 @@ class ReferenceNAG:
             self.position += 1
             z_pos = attention_before_projection(attn, hidden_states, encoder_hidden_states, attention_mask)
             frames = hidden_states.shape[0] // self.batch  # > 1 where the model folds frames into the batch
-            rows = slice((self.batch - self.cond_rows) * frames, self.batch * frames)
+            rows = slice(self.rows.start * frames, self.rows.stop * frames)
             z_neg = attention_before_projection(
                 attn,
                 hidden_states[rows],

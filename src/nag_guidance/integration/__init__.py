@@ -1,6 +1,7 @@
 """NAG on stock diffusers pipelines: ``apply``/``remove``, the per-family adapters and the report."""
 
-from nag_guidance.integration.families import detect, registered_families, supported_pipelines
+from nag_guidance.integration.coverage import supported_pipelines
+from nag_guidance.integration.families import detect, registered_families
 from nag_guidance.integration.family import Family
 from nag_guidance.integration.handle import NAGHandle, attach
 from nag_guidance.integration.pipeline import (

@@ -21,6 +21,7 @@ import torch
 
 from nag_guidance.config import NAGConfig, get_preset, preset_rule
 from nag_guidance.integration.families import detect
+from nag_guidance.integration.families.pipelines import quirks_of
 from nag_guidance.integration.family import Family
 from nag_guidance.integration.handle import NAGHandle, check_negative, check_negative_prompt
 from nag_guidance.integration.processors import stock_processors
@@ -188,8 +189,9 @@ def _applied_class(base: type) -> type:
             "__call__": _with_signature(_NAGPipelineMixin.__call__, base.__call__),
         }
         methods["__call__"].__signature__ = _call_signature(base)
-        if hasattr(base, "encode_prompt"):
-            methods["encode_prompt"] = _with_signature(_NAGPipelineMixin.encode_prompt, base.encode_prompt)
+        encode = quirks_of(base).encode_method
+        if hasattr(base, encode):
+            methods[encode] = _with_signature(_encoding(encode), getattr(base, encode))
         for name in _ON_STOCK_PROCESSORS:
             if hasattr(base, name):
                 methods[name] = _with_signature(_on_stock_processors(name), getattr(base, name))
@@ -337,19 +339,24 @@ class _NAGPipelineMixin:
             count_steps=functools.partial(_steps_of, self),
             scheduler=getattr(self, "scheduler", None),
         )
+        rows = quirks_of(session.base_class).rows
+        if rows is not None:
+            session.call.branch_rows = functools.partial(rows, self)
         try:
             return super().__call__(*args, **kwargs)
         finally:
             session.call = None
             self.nag_report = report_from_call(family.name, session.handle.finish())
 
-    def encode_prompt(self, *args: Any, **kwargs: Any) -> Any:
-        encoded = super().encode_prompt(*args, **kwargs)
+    def _nag_encoded(self, stock: Any, args: tuple, kwargs: dict) -> Any:
+        """The stock encode method's answer, after which the call records the prompt's embeddings and encodes the
+        NAG negative with the same options."""
+        encoded = stock(*args, **kwargs)
         session = _session(self)
         call = session.call if session is not None else None
         if call is None or call.encoding_negative:
             return encoded
-        values = _named(session.family, encoded)
+        values = _named(session, encoded)
         if call.cond_embeds is None:
             call.cond_embeds = values.get("embeds")
             call.uncond_embeds = values.get("uncond")
@@ -359,7 +366,7 @@ class _NAGPipelineMixin:
         if call.negative is None:
             call.encoding_negative = True
             try:
-                call.negative = self._nag_encode(super().encode_prompt, args, kwargs)
+                call.negative = self._nag_encode(stock, args, kwargs)
             finally:
                 call.encoding_negative = False
         return encoded
@@ -381,7 +388,7 @@ class _NAGPipelineMixin:
                 call_args[name] = 1
             elif _prompt_specific(name):
                 call_args[name] = None
-        values = _named(session.family, encode(**call_args))
+        values = _named(session, encode(**call_args))
         return NegativeText(values["embeds"], values.get("mask"), values.get("pooled"))
 
 
@@ -392,9 +399,22 @@ def _prompt_specific(name: str) -> bool:
     return extra_prompt or name.startswith("negative_") or "_embeds" in name or name.endswith("_mask")
 
 
-def _named(family: Family, encoded: Any) -> dict[str, Any]:
+def _named(session: Session, encoded: Any) -> dict[str, Any]:
+    """The encode method's answer by name: the pipeline's own names where its quirks give them, else the
+    family's."""
     values = encoded if isinstance(encoded, tuple) else (encoded,)
-    return dict(zip(family.encode_returns, values, strict=False))
+    names = quirks_of(session.base_class).encode_returns or session.family.encode_returns
+    return dict(zip(names, values, strict=False))
+
+
+def _encoding(name: str) -> Any:
+    """The applied class's encode method ``name``: the stock one, reached past the mixin, then NAG's records."""
+
+    def encode(self: Any, *args: Any, **kwargs: Any) -> Any:
+        stock = getattr(super(_NAGPipelineMixin, self), name)
+        return self._nag_encoded(stock, args, kwargs)
+
+    return encode
 
 
 def _check_negative(

@@ -155,6 +155,8 @@ class CallInfo:
     step_index: int = -1
     last_timestep: float | None = None
     prompt_rows: int | None = None  # prompts × images per prompt, when the call's arguments say so
+    branch_rows: Callable[[int, int], slice | None] | None = None  # (batch, prompt rows) -> guided rows, for
+    # pipelines whose batch is not CFG's [uncond, cond] (PAG, InstructPix2Pix; see families.pipelines)
     cond_embeds: Any = None  # the prompt embeddings the pipeline encoded (captured from encode_prompt)
     uncond_embeds: Any = None  # the pipeline's own CFG negative embeddings (captured), if any
     context: str | None = None  # diffusers cache_context name of the current denoiser call
@@ -243,7 +245,8 @@ class NAGState:
         "cond"/"cond_uncond" -> none. Batch 2N with N prompt rows -> rows N..2N (diffusers' [uncond, cond] CFG
         batch; rows 0..N for families that batch [cond, uncond]). Batch N -> one branch of a pipeline that calls
         the denoiser once per branch: guided unless the text input is the pipeline's own CFG negative (by
-        identity, then by value). Any other layout -> none, with a note in the report.
+        identity, then by value). Any other layout -> none, with a note in the report. A pipeline with branches
+        of its own (``CallInfo.branch_rows``: PAG, InstructPix2Pix) says which rows to guide.
         """
         self.forward = None
         call = self.call
@@ -259,7 +262,13 @@ class NAGState:
         if call.context not in GUIDED_CONTEXTS:
             return None
         cond = call.cond_embeds.shape[0] if isinstance(call.cond_embeds, torch.Tensor) else call.prompt_rows
-        if cond is not None and batch == 2 * cond and call.context != "cond":
+        if call.branch_rows is not None:
+            prompts = call.prompt_rows or cond
+            rows = call.branch_rows(batch, prompts) if prompts else None
+            if rows is None:
+                call.note(f"denoiser batch {batch} is none of this pipeline's branch layouts: left unguided")
+                return None
+        elif cond is not None and batch == 2 * cond and call.context != "cond":
             rows = slice(0, cond) if self.cond_first else slice(cond, batch)
         elif cond is None or batch == cond:
             if uncond:

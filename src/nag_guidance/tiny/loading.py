@@ -353,6 +353,11 @@ def load_wan_pipeline(
     if transformer not in ("student", "teacher"):
         raise ValueError(f"transformer={transformer!r} is unknown; allowed: student, teacher")
     root = Path(path) if path is not None else wan_weights_path()
+    if path is None and not (root / MANIFEST).exists():
+        raise WeightsError(
+            "tiny-wan's weights are not shipped yet: its training run has not finished (docs/tiny-wan.md says how "
+            "to train them: python -m nag_guidance.tiny.wan_train --out runs/tiny-wan)"
+        )
     if verify:
         verify_weights(root)
     components = {}

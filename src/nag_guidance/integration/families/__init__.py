@@ -6,7 +6,8 @@ register themselves on import, keeps the family modules free of shared mutable s
 A pipeline is matched to a family by its class first (the pipelines tested on each family), else by its
 denoiser: the class of the module it holds under one of the family's denoiser attributes (and the family's
 ``accepts``, for families that share a denoiser class). So a ControlNet, PAG, Fill or img2img variant built
-around a guided denoiser is guided too.
+around a guided denoiser is guided too. A pipeline refused by name (``pipelines.REFUSED``) is refused with its
+reason before either match.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from nag_guidance.integration.families import (
     wan_vace,
     z_image,
 )
+from nag_guidance.integration.families.pipelines import refusal_of
 from nag_guidance.integration.family import Family
 
 FAMILIES: tuple[Family, ...] = (  # the README's order: cross-attention, then joint, then the optional three
@@ -87,12 +89,6 @@ def family_named(name: str) -> Family:
     return families[name]
 
 
-def supported_pipelines() -> dict[str, tuple[str, ...]]:
-    """Family name -> the diffusers pipeline classes tested on it (any pipeline around its denoiser classes is
-    guided too, see ``detect``)."""
-    return {family.name: family.pipelines for family in FAMILIES}
-
-
 def denoiser_of(pipe: Any, family: Family) -> tuple[str, Any] | None:
     """(attribute, module) of the first denoiser of ``family``'s classes that ``pipe`` holds (a compiled wrapper
     counts as the module inside), or None."""
@@ -106,7 +102,11 @@ def denoiser_of(pipe: Any, family: Family) -> tuple[str, Any] | None:
 
 def detect(pipe: Any) -> Family:
     """The family of a pipeline instance: by its class and base classes (so subclasses work), else by its denoiser
-    (see the module docstring). Raises ``NotImplementedError`` naming the class and what is supported."""
+    (see the module docstring). Raises ``NotImplementedError`` naming the class and why (a refused pipeline's
+    reason, else what is supported)."""
+    refusal = refusal_of(type(pipe))
+    if refusal is not None:
+        raise NotImplementedError(f"NAG does not support {type(pipe).__name__}: {refusal}")
     for cls in type(pipe).__mro__:
         for family in FAMILIES:
             if cls.__name__ in family.pipelines:
@@ -123,4 +123,4 @@ def detect(pipe: Any) -> Family:
     )
 
 
-__all__ = ["FAMILIES", "denoiser_of", "detect", "family_named", "registered_families", "supported_pipelines"]
+__all__ = ["FAMILIES", "denoiser_of", "detect", "family_named", "registered_families"]
