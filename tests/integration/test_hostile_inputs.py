@@ -272,3 +272,22 @@ def test_a_refused_call_clears_the_previous_report():
 def test_an_empty_preset_name_is_refused():
     with pytest.raises(ValueError, match="preset"):
         nag.apply(CROSS["sd15"].make(), preset="")
+
+
+IGNORING_MASKS = [c for c in ALL if not FAMILIES[c.family].takes_negative_mask(None) and FAMILIES[c.family].text_width]
+
+
+@pytest.mark.parametrize("case", IGNORING_MASKS, ids=lambda c: c.id)
+def test_a_negative_mask_the_family_would_ignore_is_refused(case):
+    """Families whose text path reads no negative mask (Flux without pooled='negative', SD3, Wan ...) refuse one
+    before compute: an all-zero mask used to change nothing, silently."""
+    pipe = nag.apply(case.make())
+    width = _width(pipe, case)
+    _refused(
+        pipe,
+        case,
+        ValueError,
+        "takes no text mask",
+        nag_negative_prompt_embeds=torch.zeros(1, 7, width),
+        nag_negative_prompt_attention_mask=torch.zeros(1, 7),
+    )

@@ -92,6 +92,7 @@ class Family:
     text_arg: str = "encoder_hidden_states"
     text_width: tuple[str, ...] = ()
     mask_arg: str | None = "encoder_attention_mask"
+    masks_negative: bool = False  # its own hooks read the negative's mask although the denoiser takes none
     timestep_arg: str = "timestep"
     timestep_units: str = "scheduler"  # how the pipeline scales the scheduler's timestep (state.TIMESTEP_UNITS)
     flow: bool = True
@@ -129,6 +130,13 @@ class Family:
                 "`nag families` for the families that offer 'negative')"
             )
         return config.pooled
+
+    def takes_negative_mask(self, pooled: str | None) -> bool:
+        """Whether a negative attention mask changes anything in a call with this pooled method (elsewhere it
+        would be silently ignored, so it is refused)."""
+        if self.mask_arg is not None or self.masks_negative:
+            return True
+        return pooled == "negative" and self.negative_rows is not None
 
     def preset_for(self, pipe: Any) -> str:
         """The presets-table row for this pipeline (some families pick it from the model's config)."""

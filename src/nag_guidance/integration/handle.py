@@ -317,6 +317,11 @@ def check_negative(negative: NegativeText, family: Family, denoiser: Any, config
             f"the NAG negative's embeddings have {embeds.shape[-1]} channels, but {type(denoiser).__name__} takes "
             f"text embeddings of width {width} ({' / '.join(family.text_width)})"
         )
+    if mask is not None and not family.takes_negative_mask(config.pooled):
+        raise ValueError(
+            f"the {family.name} denoiser takes no text mask (pooled={config.pooled!r}), so the NAG negative's "
+            "attention mask would change nothing: leave it out"
+        )
     if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(embeds.shape[:2])):
         raise ValueError(
             f"the NAG negative's attention mask must have shape {tuple(embeds.shape[:2])}, "

@@ -42,6 +42,7 @@ CHROMA = Family(
     preset="chroma",
     encode_returns=("embeds", "ids", "mask", "uncond", "uncond_ids", "uncond_mask"),
     mask_arg=None,
+    masks_negative=True,
     attention=("attn",),
     layout=JointLayout("dispatch", text_first=True),
     extend_inputs=extend_inputs,

@@ -50,6 +50,7 @@ HUNYUAN_VIDEO = Family(
     preset="hunyuan-video",
     encode_returns=("embeds", "pooled", "mask"),
     mask_arg=None,
+    masks_negative=True,
     cfg_argument="true_cfg_scale",
     attention=("transformer_blocks.*.attn", "single_transformer_blocks.*.attn"),  # not the token refiner
     layout=JointLayout("dispatch", text_first=False),
