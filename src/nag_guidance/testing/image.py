@@ -96,18 +96,13 @@ def make_sd():
     return pipe
 
 
-def make_sdxl(img2img: bool = False):
-    """StableDiffusionXL(Img2Img)Pipeline with two CLIP encoders and a text_time UNet."""
-    from diffusers import (
-        EulerDiscreteScheduler,
-        StableDiffusionXLImg2ImgPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+def _sdxl_unet(seed: int, time_ids: int, text_width: int):
+    """The tiny text_time UNet of SDXL: ``time_ids`` of 8 channels each (6; the refiner's 5 with the aesthetic
+    score) beside the 32-wide pooled text; cross attention to text ``text_width`` wide."""
+    from diffusers import UNet2DConditionModel
 
-    tokenizer = clip_tokenizer()
-    torch.manual_seed(1)
-    unet = UNet2DConditionModel(
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
         block_out_channels=(8, 16),
         layers_per_block=1,
         sample_size=8,
@@ -120,10 +115,22 @@ def make_sdxl(img2img: bool = False):
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,  # 6 * 8 + 32
-        cross_attention_dim=64,
+        projection_class_embeddings_input_dim=time_ids * 8 + 32,
+        cross_attention_dim=text_width,
         norm_num_groups=4,
     ).eval()
+
+
+def make_sdxl(img2img: bool = False):
+    """StableDiffusionXL(Img2Img)Pipeline with two CLIP encoders and a text_time UNet."""
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
+
+    tokenizer = clip_tokenizer()
+    unet = _sdxl_unet(seed=1, time_ids=6, text_width=64)
     cls = StableDiffusionXLImg2ImgPipeline if img2img else StableDiffusionXLPipeline
     pipe = cls(
         vae=_sd_vae(),
@@ -141,26 +148,9 @@ def make_sdxl(img2img: bool = False):
 def make_sdxl_refiner(base):
     """The SDXL refiner layout over ``base``'s second text encoder and VAE: no first encoder or tokenizer, a UNet
     that takes encoder 2's text alone and aesthetic-score time ids (the "mixture of denoisers" pattern)."""
-    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    torch.manual_seed(4)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=72,  # 5 * 8 + 32
-        cross_attention_dim=32,
-        norm_num_groups=4,
-    ).eval()
+    unet = _sdxl_unet(seed=4, time_ids=5, text_width=32)
     pipe = StableDiffusionXLImg2ImgPipeline(
         vae=base.vae,
         text_encoder=None,

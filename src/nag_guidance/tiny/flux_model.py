@@ -58,16 +58,17 @@ def build_t5_tokenizer(vocabulary: tuple[str, ...] = VOCABULARY, max_length: int
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
 
-def build_t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
-    config = T5Config(
+def t5_settings(tokenizer: T5Tokenizer, width: int, max_distance: int) -> dict:
+    """The tiny T5-style encoder's configuration (the Flux model's T5, the video model's UMT5)."""
+    return dict(
         vocab_size=len(tokenizer.get_vocab()),
-        d_model=T5_WIDTH,
-        d_kv=T5_WIDTH // 4,
-        d_ff=2 * T5_WIDTH,
+        d_model=width,
+        d_kv=width // 4,
+        d_ff=2 * width,
         num_layers=2,
         num_heads=4,
         relative_attention_num_buckets=8,
-        relative_attention_max_distance=TEXT_TOKENS,
+        relative_attention_max_distance=max_distance,
         dropout_rate=0.0,
         feed_forward_proj="gated-gelu",
         pad_token_id=tokenizer.pad_token_id,
@@ -76,7 +77,10 @@ def build_t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
         is_encoder_decoder=False,
         use_cache=False,
     )
-    return T5EncoderModel(config)
+
+
+def build_t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
+    return T5EncoderModel(T5Config(**t5_settings(tokenizer, T5_WIDTH, TEXT_TOKENS)))
 
 
 def build_transformer(pooled_dim: int) -> FluxTransformer2DModel:

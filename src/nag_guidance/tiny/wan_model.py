@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from nag_guidance.tiny.flux_model import build_t5_tokenizer
+from nag_guidance.tiny.flux_model import build_t5_tokenizer, t5_settings
 from nag_guidance.tiny.video_data import FRAMES, VOCABULARY
 
 PIPELINE_SEQUENCE_LENGTH = 512
@@ -53,24 +53,7 @@ def build_wan_tokenizer() -> T5Tokenizer:
 
 
 def build_wan_text_encoder(tokenizer: T5Tokenizer) -> UMT5EncoderModel:
-    config = UMT5Config(
-        vocab_size=len(tokenizer.get_vocab()),
-        d_model=T5_WIDTH,
-        d_kv=T5_WIDTH // 4,
-        d_ff=2 * T5_WIDTH,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=CAPTION_TOKENS,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-        is_encoder_decoder=False,
-        use_cache=False,
-    )
-    return UMT5EncoderModel(config)
+    return UMT5EncoderModel(UMT5Config(**t5_settings(tokenizer, T5_WIDTH, CAPTION_TOKENS)))
 
 
 def build_wan_vae() -> AutoencoderKLWan:
